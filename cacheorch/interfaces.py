@@ -1,0 +1,259 @@
+"""The plugin kinds: small base classes whose docstrings are the contract a plugin author follows.
+
+Every kind is a class with a ``name`` and an ``Options`` dataclass; a registration hook returns the
+class, and the core builds it from a config section or a ``NAME:key=value,...`` flag.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from cacheorch.tiling import Envelope, LevelOfDetail, TileKey, TilingScheme
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
+
+    from cacheorch.connection import Connection
+
+__all__ = [
+    "Plugin", "NoOptions", "Service", "ScaleSource", "SelectionPolicy", "AOIGenerator", "TileResult",
+    "TileFetcher", "TileSource", "BundleSink", "ExportSession", "Exporter", "ExportRequest",
+]
+
+
+@dataclass
+class NoOptions:
+    """Options of a plugin that takes none."""
+
+
+class Plugin:
+    """Base of every plugin kind: a ``name`` and typed ``Options`` parsed from strings.
+
+    The core parses a config section or a ``NAME:key=value`` flag into ``Options`` (int, float,
+    bool and str fields are converted; unknown keys are refused, naming the key), then calls
+    ``cls(options)``.
+    """
+
+    #: The name users type (``--exporter tpkx``); unique within the kind.
+    name: ClassVar[str]
+    #: A dataclass of the plugin's options, with defaults.
+    Options: ClassVar[type] = NoOptions
+    #: The option a bare value sets (``levels:0-5`` means ``levels:levels=0-5``), if any.
+    positional: ClassVar[str | None] = None
+
+    def __init__(self, options: Any | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def describe(cls) -> str:
+        """First line of the class docstring, for ``cacheorch plugins``."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def option_fields(cls) -> Sequence[dataclasses.Field[Any]]:
+        return dataclasses.fields(cls.Options) if dataclasses.is_dataclass(cls.Options) else ()
+
+
+@dataclass(frozen=True)
+class Service:
+    """What a scale source learned about a service, cache or package.
+
+    ``location`` is the URL or path as the user gave it (without any token); ``kind`` is
+    ``MapServer``, ``ImageServer``, ``cache`` or ``defaults``.
+    """
+
+    location: str
+    scheme: TilingScheme
+    kind: str = "MapServer"
+    name: str = ""
+    capabilities: frozenset[str] = frozenset()
+    tile_servers: tuple[str, ...] = ()
+    export_tiles_allowed: bool = False
+    max_export_tiles_count: int | None = None
+    description: str = ""
+    copyright: str = ""
+
+    @property
+    def full_extent(self) -> Envelope | None:
+        return self.scheme.full_extent
+
+
+class ScaleSource(Plugin, abc.ABC):
+    """Answers "what levels does this thing have?" with a :class:`Service` and its tiling scheme.
+
+    Example::
+
+        class MySource(ScaleSource):
+            name = "my-source"
+            def accepts(cls, location): return location.startswith("my://")
+            def read(self, location, connection): ...
+
+        @hookimpl
+        def cacheorch_register_scale_sources():
+            return [MySource]
+    """
+
+    @classmethod
+    def accepts(cls, location: str) -> bool:
+        """Whether this source recognises ``location`` when the user names no source."""
+        return False
+
+    @abc.abstractmethod
+    def read(self, location: str, connection: Connection) -> Service:
+        """Read the service; raise a :class:`~cacheorch.errors.CacheorchError` with one clear line."""
+
+
+class SelectionPolicy(Plugin, abc.ABC):
+    """Narrows the selected levels. Policies run in the order given, each seeing the last's output.
+
+    A policy that cannot apply raises :class:`~cacheorch.errors.PolicyError` or
+    :class:`~cacheorch.errors.LevelError` naming what is wrong.
+    """
+
+    @abc.abstractmethod
+    def select(self, scheme: TilingScheme, levels: Sequence[LevelOfDetail]) -> list[LevelOfDetail]:
+        """Return the levels to keep, a subset of ``levels`` in scheme order."""
+
+    def explain(self) -> str:
+        """One line for ``plan``: what this policy keeps."""
+        return self.name
+
+
+class AOIGenerator(Plugin, abc.ABC):
+    """Makes the area of interest for a range of levels, as a shapely geometry in the scheme's SR.
+
+    ``spec`` is what follows ``NAME:`` in ``--aoi LEVELS=NAME:spec`` (or a config key). The result
+    must be polygonal (Polygon or MultiPolygon) and already projected into the scheme's spatial
+    reference; raise :class:`~cacheorch.errors.AreaError` for anything else.
+    """
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        """Whether a bare ``--aoi`` value (no ``NAME:``) is for this generator (e.g. a file path)."""
+        return False
+
+    @abc.abstractmethod
+    def area(self, spec: str, service: Service, connection: Connection) -> BaseGeometry:
+        """The area, in ``service.scheme``'s spatial reference."""
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """The outcome of fetching one tile.
+
+    ``status`` is ``ok`` (``data`` holds the bytes exactly as sent), ``missing`` (the source says
+    there is no tile: 404, blank-tile) or ``failed`` (``error`` says why; never written).
+    """
+
+    key: TileKey
+    status: Literal["ok", "missing", "failed"]
+    data: bytes | None = None
+    error: str | None = None
+
+
+class TileFetcher(abc.ABC):
+    """An open connection to a tile source; fetches many tiles concurrently."""
+
+    @abc.abstractmethod
+    def fetch(self, keys: Iterable[TileKey]) -> Iterator[TileResult]:
+        """Yield one result per key, in any order, as they complete.
+
+        ``keys`` is consumed lazily with a bounded number in flight, so a caller may pass a
+        stream of millions of keys without holding them.
+        """
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def __enter__(self) -> TileFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TileSource(Plugin, abc.ABC):
+    """Gives tile bytes for (level, row, col): the REST ``/tile`` endpoint, or a local cache."""
+
+    @classmethod
+    def accepts(cls, location: str) -> bool:
+        return False
+
+    @abc.abstractmethod
+    def open(self, service: Service, connection: Connection, workers: int) -> TileFetcher:
+        """Open a fetcher with ``workers`` requests in flight at most."""
+
+
+class BundleSink(abc.ABC):
+    """Receives the tiles of one bundle and makes them durable on :meth:`close`."""
+
+    @abc.abstractmethod
+    def add(self, row: int, col: int, data: bytes) -> None:
+        """Store one tile's bytes exactly as given (absolute row and column)."""
+
+    @abc.abstractmethod
+    def close(self) -> int:
+        """Finish the bundle (index, header), fsync it and move it into place; return its bytes."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the bundle; nothing of it remains under its final name."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What an exporter is asked to write."""
+
+    output: Path
+    service: Service
+    #: The scheme, already narrowed to the selected levels.
+    scheme: TilingScheme
+    levels: tuple[LevelOfDetail, ...]
+    #: Union of the areas, in the scheme SR, for the output's extent metadata (may be None).
+    extent: tuple[float, float, float, float] | None = None
+    mode: Literal["create", "overwrite"] = "create"
+    title: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ExportSession(abc.ABC):
+    """An output being written. It lives in a staging place beside the output until :meth:`commit`.
+
+    A session can be reopened on the same staging place (``resume``): bundles already closed there
+    are kept and reported by :meth:`has_bundle`.
+    """
+
+    @abc.abstractmethod
+    def has_bundle(self, level: int, bundle_row: int, bundle_col: int) -> bool:
+        """Whether a finished bundle is already staged (for resume)."""
+
+    @abc.abstractmethod
+    def open_bundle(self, level: int, bundle_row: int, bundle_col: int) -> BundleSink:
+        """Start writing one bundle (top-left tile row and column, multiples of 128)."""
+
+    @abc.abstractmethod
+    def commit(self) -> Path:
+        """Write metadata, assemble the output under a temporary name, rename it into place."""
+
+    @abc.abstractmethod
+    def discard(self) -> None:
+        """Remove the staging place (after a commit, or when the job is abandoned)."""
+
+
+class Exporter(Plugin, abc.ABC):
+    """Writes tiles into an output format, bundle by bundle."""
+
+    #: The output's file extension (``.tpkx``), or None for a folder output.
+    extension: ClassVar[str | None] = None
+
+    @abc.abstractmethod
+    def open(self, request: ExportRequest) -> ExportSession:
+        """Open (or reopen, for resume) the staging place for ``request.output``.
+
+        Raise :class:`~cacheorch.errors.OutputExistsError` when the output exists and
+        ``request.mode`` is ``create``.
+        """

@@ -1,0 +1,1 @@
+"""Alembic migrations of the cacheorch catalog, shipped inside the package as cacheorch.migrations."""
