@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Plugin", "NoOptions", "Service", "ScaleSource", "SelectionPolicy", "AOIGenerator", "TileResult",
     "TileFetcher", "TileSource", "BundleSink", "ExportSession", "Exporter", "ExportRequest",
+    "staging_path",
 ]
 
 
@@ -257,3 +258,12 @@ class Exporter(Plugin, abc.ABC):
         Raise :class:`~cacheorch.errors.OutputExistsError` when the output exists and
         ``request.mode`` is ``create``.
         """
+
+
+def staging_path(output: Path) -> Path:
+    """Where an output is staged until committed: ``<output>.partial`` beside it.
+
+    Every exporter stages there, so the runner can tell an interrupted job's leftovers from a
+    finished output, and ``resume`` can reopen them.
+    """
+    return output.with_name(output.name + ".partial")

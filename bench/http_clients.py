@@ -1,0 +1,294 @@
+"""Which HTTP client should fetch tiles in bulk? Measure them side by side against nginx.
+
+Starts nginx (Debian package ``nginx-light``; this script installs nothing) on 127.0.0.1 with
+/work/shared/bench-reference/nginx.conf.tmpl, serving one fixed ~51.7 KB PNG for every tile URL,
+then fetches the same N distinct tile URLs (levels 10-12) with each client at each concurrency and
+prints tiles/s and CPU milliseconds per tile (process CPU: all threads of this process; nginx's
+own CPU is shown apart).
+
+By default the client process is pinned to CPU 0 and nginx to CPU 1, the set-up the pipeline
+target assumes ("nginx on the other core"); ``--no-pin`` lets the kernel place both.
+
+    .venv/bin/python bench/http_clients.py                   # 5,000 tiles, 8 and 16 in flight
+    .venv/bin/python bench/http_clients.py -n 20000 --repeat 3 --clients cacheorch,aiohttp
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import queue
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from cacheorch.formats.png import encode_png, is_image
+
+TEMPLATE = Path("/work/shared/bench-reference/nginx.conf.tmpl")
+SERVICE_PATH = "/arcgis/rest/services/Bench/MapServer"
+REFERENCE_TILE_BYTES = 51_763
+
+
+# -- the server -------------------------------------------------------------------------------
+
+def _noisy_gradient(p: float) -> bytes:
+    """A banded gradient where a share ``p`` of the samples is replaced by random bytes."""
+    rnd = random.Random(20240601)
+    px = bytearray(256 * 256 * 3)
+    i = 0
+    for y in range(256):
+        for x in range(256):
+            for v in (x & 0xE0, y & 0xE0, 128):
+                px[i] = rnd.getrandbits(8) if rnd.random() < p else v
+                i += 1
+    return bytes(px)
+
+
+def make_tile(target: int = REFERENCE_TILE_BYTES) -> bytes:
+    """A noisy 256×256 RGB gradient PNG close to ``target`` bytes (deterministic).
+
+    A stored (level 0) 256×256 RGB PNG is 197 KB and a smooth gradient barely deflates without
+    PNG row filters (which encode_png does not use); the reference tile is 51.7 KB and the tile
+    size drives the per-tile cost, so the share of noisy samples is searched (bisection) until
+    the deflated tile lands within 1 % of the reference size.
+    """
+    lo, hi = 0.0, 1.0
+    png = b""
+    for _ in range(20):
+        p = (lo + hi) / 2
+        png = encode_png(256, 256, _noisy_gradient(p), level=6)
+        if abs(len(png) - target) <= target // 100:
+            break
+        lo, hi = (p, hi) if len(png) < target else (lo, p)
+    return png
+
+
+def service_json() -> dict:
+    from cacheorch.tiling import web_mercator_scheme
+    scheme = web_mercator_scheme(max_level=19)
+    return {"currentVersion": 11.1, "serviceDescription": "cacheorch bench", "mapName": "Bench",
+            "singleFusedMapCache": True, "capabilities": "Map,Query,Data,TilesOnly,Tilemap",
+            "tileInfo": scheme.to_json(),
+            "spatialReference": {"wkid": 102100, "latestWkid": 3857}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def nginx(workdir: Path, cpu: int | None) -> Iterator[tuple[str, int]]:
+    """Run nginx on a free loopback port; yield (MapServer URL, worker pid)."""
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(exe):
+        sys.exit("nginx not found: apt-get install -y nginx-light")
+    port = free_port()
+    workdir.chmod(0o755)  # nginx workers drop root and must read the tile
+    (workdir / "tmp").mkdir(exist_ok=True)
+    (workdir / "tile.png").write_bytes(make_tile())
+    (workdir / "service.json").write_text(json.dumps(service_json()))
+    conf = TEMPLATE.read_text().replace("@DIR@", str(workdir)).replace("@PORT@", str(port))
+    (workdir / "nginx.conf").write_text(conf)
+    proc = subprocess.Popen([exe, "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
+                             "-e", str(workdir / "error.log")])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    sys.exit("nginx did not start:\n" + (workdir / "error.log").read_text())
+                time.sleep(0.05)
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        for pid in [proc.pid, *workers]:
+            if cpu is not None:
+                os.sched_setaffinity(pid, {cpu})
+        yield f"http://127.0.0.1:{port}{SERVICE_PATH}", (workers or [proc.pid])[0]
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of another process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- the clients: each takes (URLs, in-flight) and returns the number of good tiles ----------
+
+def run_requests(urls: list[str], inflight: int) -> int:
+    import requests
+    from requests.adapters import HTTPAdapter
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=inflight))
+
+    def get(url: str) -> bool:
+        r = session.get(url, timeout=30)
+        return r.status_code == 200 and is_image(r.content)
+
+    with ThreadPoolExecutor(inflight) as pool:
+        ok = sum(pool.map(get, urls))
+    session.close()
+    return ok
+
+
+def run_urllib3(urls: list[str], inflight: int) -> int:
+    import urllib3
+    http = urllib3.PoolManager(maxsize=inflight, block=True, retries=False)
+
+    def get(url: str) -> bool:
+        r = http.request("GET", url, timeout=30)
+        return r.status == 200 and is_image(r.data)
+
+    with ThreadPoolExecutor(inflight) as pool:
+        ok = sum(pool.map(get, urls))
+    http.clear()
+    return ok
+
+
+async def _aiohttp_main(urls: list[str], inflight: int, sink: Callable[[bool], None]) -> None:
+    import aiohttp
+    it = iter(urls)
+    connector = aiohttp.TCPConnector(limit=inflight)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            for url in it:
+                async with session.get(url) as r:
+                    body = await r.read()
+                    sink(r.status == 200 and is_image(body))
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+
+
+def run_aiohttp(urls: list[str], inflight: int) -> int:
+    ok = 0
+
+    def sink(good: bool) -> None:
+        nonlocal ok
+        ok += good
+    asyncio.run(_aiohttp_main(urls, inflight, sink))
+    return ok
+
+
+def run_aiohttp_thread(urls: list[str], inflight: int) -> int:
+    """aiohttp on a background loop feeding a queue: the other design considered for fetch.py."""
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    done = object()
+
+    def loop_thread() -> None:
+        asyncio.run(_aiohttp_main(urls, inflight, q.put))
+        q.put(done)
+    t = threading.Thread(target=loop_thread)
+    t.start()
+    ok = 0
+    while (item := q.get()) is not done:
+        ok += item
+    t.join()
+    return ok
+
+
+def run_cacheorch(urls: list[str], inflight: int) -> int:
+    """Our fetcher, through the TileFetcher interface the pipeline uses."""
+    from cacheorch.connection import Connection
+    from cacheorch.interfaces import Service
+    from cacheorch.plugins.tiles_rest import RestTileSource
+    from cacheorch.tiling import TileKey, web_mercator_scheme
+    base = urls[0].split("/tile/")[0]
+    keys = (TileKey(*map(int, u.rsplit("/tile/", 1)[1].split("/"))) for u in urls)
+    service = Service(location=base, scheme=web_mercator_scheme(19))
+    with RestTileSource().open(service, Connection(), inflight) as fetcher:
+        return sum(r.status == "ok" for r in fetcher.fetch(keys))
+
+
+CLIENTS: dict[str, tuple[str, Callable[[list[str], int], int]]] = {
+    "requests": ("requests + ThreadPoolExecutor", run_requests),
+    "urllib3": ("urllib3 PoolManager + threads", run_urllib3),
+    "aiohttp": ("aiohttp (asyncio.run)", run_aiohttp),
+    "aiohttp-thread": ("aiohttp, loop thread → queue", run_aiohttp_thread),
+    "cacheorch": ("cacheorch.fetch (TileFetcher)", run_cacheorch),
+}
+
+
+def tile_urls(base: str, n: int) -> list[str]:
+    """``n`` distinct tile URLs spread over levels 10-12, bundle-ordered like the planner."""
+    urls = []
+    per_level = -(-n // 3)
+    for level in (10, 11, 12):
+        side = int(per_level ** 0.5) + 1
+        r0 = c0 = (1 << level) // 3
+        for i in range(per_level):
+            urls.append(f"{base}/tile/{level}/{r0 + i // side}/{c0 + i % side}")
+    return urls[:n]
+
+
+def measure(name: str, urls: list[str], inflight: int, nginx_pid: int) -> tuple[float, float, float]:
+    fn = CLIENTS[name][1]
+    fn(urls[:200], inflight)  # warm up: imports, connections, caches
+    cpu0, wall0, srv0 = time.process_time(), time.perf_counter(), proc_cpu(nginx_pid)
+    ok = fn(urls, inflight)
+    wall, cpu, srv = (time.perf_counter() - wall0, time.process_time() - cpu0,
+                      proc_cpu(nginx_pid) - srv0)
+    if ok != len(urls):
+        raise SystemExit(f"{name}: only {ok} of {len(urls)} tiles were good")
+    n = len(urls)
+    return n / wall, cpu / n * 1000, srv / n * 1000
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=5000, help="tiles per measurement (default 5000)")
+    ap.add_argument("--inflight", default="8,16", help="concurrency levels (default 8,16)")
+    ap.add_argument("--clients", default=",".join(CLIENTS), help="comma list of " + ", ".join(CLIENTS))
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the median is shown")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin client and nginx to CPUs 0/1")
+    args = ap.parse_args(argv)
+    names = [c.strip() for c in args.clients.split(",") if c.strip()]
+    for name in names:
+        if name not in CLIENTS:
+            ap.error(f"unknown client {name!r}")
+    levels = [int(x) for x in args.inflight.split(",")]
+    pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
+    if pin:
+        os.sched_setaffinity(0, {0})
+    with tempfile.TemporaryDirectory(prefix="cacheorch-bench-") as tmp, \
+            nginx(Path(tmp), 1 if pin else None) as (base, nginx_pid):
+        tile = Path(tmp, "tile.png").stat().st_size
+        urls = tile_urls(base, args.n)
+        print(f"nginx {base}  tile {tile:,} bytes  {len(urls):,} distinct tiles (levels 10-12)  "
+              f"{'client on CPU 0, nginx on CPU 1' if pin else 'not pinned'}  "
+              f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+        print()
+        print("| client | in flight | tiles/s | client CPU ms/tile | nginx CPU ms/tile |")
+        print("|---|---:|---:|---:|---:|")
+        for name in names:
+            for inflight in levels:
+                runs = [measure(name, urls, inflight, nginx_pid) for _ in range(args.repeat)]
+                rate = statistics.median(r[0] for r in runs)
+                cpu = statistics.median(r[1] for r in runs)
+                srv = statistics.median(r[2] for r in runs)
+                print(f"| {CLIENTS[name][0]} | {inflight} | {rate:,.0f} | {cpu:.3f} | {srv:.3f} |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,4 @@
+"""``python -m cacheorch``."""
+from cacheorch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""``plan``, ``run``, ``resume``, ``jobs`` and ``job``: planning, exporting and the catalog's record."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from cacheorch.cli import App
+from cacheorch.connection import Connection
+from cacheorch.errors import JobFailedError
+from cacheorch.jobplan import JobPlan, make_plan
+from cacheorch.jobspec import JobSpec, job_spec_from
+
+__all__ = ["COMMANDS"]
+
+
+def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The job flags shared by ``plan`` and ``run`` (override a ``[job:NAME]`` section)."""
+    options = [
+        click.argument("job", required=False),
+        click.option("--service", help="MapServer / ImageServer URL, or a [service:NAME] name."),
+        click.option("--source", help="Scale source to read the service with (default: detected)."),
+        click.option("--token", help="ArcGIS token (default: $ARCGIS_TOKEN). Never stored."),
+        click.option("--referer", help="Referer header (for tokens issued with client=referer)."),
+        click.option("--levels", help="Levels to export, e.g. 0-5,8 (the `levels` policy)."),
+        click.option("--scales", help="Scales to export, e.g. '591657527.591555;...' (`snap`)."),
+        click.option("--policy", multiple=True, help="NAME[:k=v,...], repeatable, applied in order."),
+        click.option("--aoi", multiple=True, metavar="[LEVELS=]SPEC",
+                     help="Area per level range: extent | bbox:xmin,ymin,xmax,ymax[@wkid] | "
+                          "PATH.geojson | an [aoi:NAME]; repeatable (default: the full extent)."),
+        click.option("--exporter", help="Output format (default tpkx)."),
+        click.option("--output", "-o", help="Output file or folder."),
+        click.option("--workers", type=int, help="Requests in flight (default 8)."),
+        click.option("--mode", type=click.Choice(["create", "overwrite"]),
+                     help="create (default: refuse an existing output) or overwrite."),
+        click.option("--allow-partial", is_flag=True, default=None,
+                     help="Write the output even if some tiles failed (the job ends partial)."),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _spec_and_connection(app: App, kw: dict[str, Any]) -> tuple[JobSpec, Connection]:
+    spec = job_spec_from(app.config, kw.pop("job"), kw)
+    connection = Connection.from_env(token=kw.get("token"), referer=spec.referer)
+    return spec, connection
+
+
+def _emit_json(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def _plan_json(plan: JobPlan) -> dict[str, Any]:
+    return {"job_id": None, "status": "planned", "output": plan.spec.output,
+            "service": plan.service.location, "exporter": plan.spec.exporter.name,
+            "tiles_planned": plan.tiles, "policies": list(plan.policy_notes),
+            "levels": [lv.to_json() for lv in plan.levels], "errors": []}
+
+
+@click.command("plan")
+@job_options
+@click.pass_obj
+def plan_command(app: App, as_json: bool, token: str | None, **kw: Any) -> None:
+    """Show what a job would export: levels, scales, areas and tile counts (fetches no tiles)."""
+    spec, connection = _spec_and_connection(app, kw | {"token": token})
+    plan = make_plan(app.plugins, spec, connection)
+    if as_json:
+        _emit_json(_plan_json(plan))
+        return
+    svc = plan.service
+    click.echo(f"service  {svc.location} ({svc.kind}, {svc.scheme.spatial_reference}, "
+               f"{svc.scheme.tile_cols}×{svc.scheme.tile_rows} px {svc.scheme.tile_format})")
+    for note in plan.policy_notes:
+        click.echo(f"policy   {note}")
+    click.echo(f"{'level':>5}  {'scale':>16}  {'resolution':>18}  {'tiles':>12}  area")
+    for lv in plan.levels:
+        click.echo(f"{lv.lod.level:>5}  {lv.lod.scale:>16.6f}  {lv.lod.resolution:>18.10f}  "
+                   f"{lv.tiles:>12,}  {lv.area_label}")
+    click.echo(f"total    {plan.tiles:,} tiles in {len(plan.levels)} levels → "
+               f"{spec.exporter.name} {spec.output or '(default name)'}")
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) ends it like Ctrl-C: recorded, resumable."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+    with tqdm(total=total, unit="tile", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+              smoothing=0.1) as bar:
+        yield bar.update
+
+
+def _execute(app: App, plan: JobPlan, connection: Connection, as_json: bool,
+             job_id: int | None = None) -> None:
+    from cacheorch.runner import run_job
+    show_bar = not as_json and sys.stderr.isatty() and app.verbosity >= 0
+    catalog = app.open_catalog(redact=connection.redact)
+    started: list[int] = []
+    try:
+        with _terminate_as_interrupt(), _progress(plan.tiles, show_bar) as progress:
+            try:
+                outcome = run_job(app.plugins, catalog, connection, plan, job_id=job_id,
+                                  progress=progress, on_start=started.append)
+            except JobFailedError as exc:
+                if as_json and started:
+                    _emit_json(_job_json(catalog.get_job(started[0]), str(exc)))
+                raise
+        job = catalog.get_job(outcome.job_id)
+    finally:
+        catalog.close()
+        connection.close()
+    if as_json:
+        _emit_json(_job_json(job, outcome.message))
+    elif app.verbosity >= 0:
+        click.echo(f"job {outcome.job_id} {outcome.status}: {outcome.written:,} tiles written, "
+                   f"{outcome.missing:,} missing, {outcome.failed:,} failed, "
+                   f"{_fmt_bytes(outcome.bytes)}" + (f" → {outcome.output}" if outcome.output else ""))
+    if outcome.status != "completed":
+        if not as_json:
+            click.echo(f"cacheorch: {outcome.message}", err=True)
+        sys.exit(1)
+
+
+def _job_json(job: dict[str, Any], message: str = "") -> dict[str, Any]:
+    errors = [f"level {e['level']} row {e['row']} col {e['col']}: {e['error']}"
+              for e in job.get("errors", [])]
+    if message and job.get("status") != "completed":
+        errors.insert(0, message)
+    return {
+        "job_id": job["id"], "name": job.get("name"), "status": job["status"],
+        "service": job.get("service_url"), "exporter": job.get("exporter"),
+        "output": job.get("output"), "created_at": job.get("created_at"),
+        "finished_at": job.get("finished_at"),
+        "tiles_planned": job.get("tiles_planned"), "tiles_written": job.get("tiles_written"),
+        "tiles_missing": job.get("tiles_missing"), "tiles_failed": job.get("tiles_failed"),
+        "bytes": job.get("bytes"),
+        "levels": [{k: lv.get(k) for k in ("level", "scale", "resolution", "area_name",
+                                            "tiles_planned", "tiles_written", "tiles_missing",
+                                            "tiles_failed", "bytes")}
+                   for lv in job.get("levels", [])],
+        "errors": errors,
+    }
+
+
+@click.command("run")
+@job_options
+@click.pass_obj
+def run_command(app: App, as_json: bool, token: str | None, **kw: Any) -> None:
+    """Export: fetch the planned tiles and write the output, recording the job in the catalog."""
+    spec, connection = _spec_and_connection(app, kw | {"token": token})
+    plan = make_plan(app.plugins, spec, connection)
+    _execute(app, plan, connection, as_json)
+
+
+@click.command("resume")
+@click.argument("job_id", type=int)
+@click.option("--token", help="ArcGIS token (default: $ARCGIS_TOKEN); tokens are never stored.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.pass_obj
+def resume_command(app: App, job_id: int, token: str | None, as_json: bool) -> None:
+    """Finish an interrupted or partial job, without fetching again the bundles already done."""
+    from cacheorch.runner import check_resumable
+    with app.open_catalog() as catalog:
+        job = catalog.get_job(job_id)
+        params = catalog.job_parameters(job_id)
+    check_resumable(job)
+    spec = JobSpec.from_parameters(params)
+    connection = Connection.from_env(token=token, referer=spec.referer)
+    plan = make_plan(app.plugins, spec, connection)
+    fingerprint = params.get("fingerprint")
+    if fingerprint and fingerprint != plan.service.scheme.fingerprint():
+        from cacheorch.errors import UsageError
+        raise UsageError(f"the tiling scheme of {plan.service.location} changed since job {job_id} "
+                         "started; start a new job instead")
+    _execute(app, plan, connection, as_json, job_id=job_id)
+
+
+@click.command("jobs")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+def jobs_command(app: App, as_json: bool) -> None:
+    """List the jobs in the catalog, newest first."""
+    with app.open_catalog() as catalog:
+        jobs = catalog.list_jobs()
+    if as_json:
+        _emit_json({"jobs": jobs})
+        return
+    if not jobs:
+        click.echo(f"no jobs in {app.catalog_path}")
+        return
+    click.echo(f"{'id':>5}  {'status':<11}  {'created':<25}  {'written':>10}  {'failed':>7}  output")
+    for job in jobs:
+        click.echo(f"{job['id']:>5}  {job['status']:<11}  {str(job.get('created_at')):<25}  "
+                   f"{job.get('tiles_written') or 0:>10,}  {job.get('tiles_failed') or 0:>7,}  "
+                   f"{job.get('output')}")
+
+
+@click.command("job")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.pass_obj
+def job_command(app: App, job_id: int, as_json: bool) -> None:
+    """Show one job: its extracted scales (levels) and their tile counts, and failed tiles."""
+    with app.open_catalog() as catalog:
+        job = catalog.get_job(job_id)
+    data = _job_json(job, job.get("error") or "")
+    if as_json:
+        _emit_json(data)
+        return
+    click.echo(f"job {data['job_id']} {data['status']}  {data['service']} → {data['exporter']} "
+               f"{data['output']}")
+    click.echo(f"{'level':>5}  {'scale':>16}  {'resolution':>18}  {'planned':>10}  {'written':>10}  "
+               f"{'missing':>8}  {'failed':>7}  {'bytes':>10}  area")
+    for lv in data["levels"]:
+        click.echo(f"{lv['level']:>5}  {lv['scale']:>16.6f}  {lv['resolution']:>18.10f}  "
+                   f"{lv['tiles_planned'] or 0:>10,}  {lv['tiles_written'] or 0:>10,}  "
+                   f"{lv['tiles_missing'] or 0:>8,}  {lv['tiles_failed'] or 0:>7,}  "
+                   f"{_fmt_bytes(lv['bytes']):>10}  {lv['area_name']}")
+    for line in data["errors"][:20]:
+        click.echo(f"error  {line}")
+
+
+COMMANDS = [plan_command, run_command, resume_command, jobs_command, job_command]

@@ -1,0 +1,178 @@
+"""What a job asks for, merged from a ``[job:NAME]`` section and command-line flags (flags win).
+
+A JobSpec holds only strings a user wrote, never a token, so it can be stored in the catalog as the
+job's parameters and read back by ``resume``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from cacheorch.config import AreaSpec, Config, parse_area_flag
+from cacheorch.errors import ConfigError, UsageError
+from cacheorch.options import split_plugin_spec
+
+__all__ = ["JobSpec", "PluginSpec", "job_spec_from"]
+
+DEFAULT_EXPORTER = "tpkx"
+DEFAULT_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """A plugin named with its string options, and where that came from (for error messages)."""
+
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+    where: str = "command line"
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> PluginSpec:
+        name, options = split_plugin_spec(text)
+        if not name:
+            raise ConfigError(f"{where}: {text!r} names no plugin")
+        return cls(name, options, where)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job as asked for: service, level policies, areas per level range, exporter and output."""
+
+    service: str
+    name: str | None = None
+    source: PluginSpec | None = None
+    policies: tuple[PluginSpec, ...] = ()
+    areas: tuple[AreaSpec, ...] = ()
+    exporter: PluginSpec = PluginSpec(DEFAULT_EXPORTER)
+    output: str | None = None
+    workers: int = DEFAULT_WORKERS
+    mode: str = "create"
+    referer: str | None = None
+    allow_partial: bool = False
+
+    def to_parameters(self) -> dict[str, Any]:
+        """A JSON-able dict for the catalog (no secrets: a JobSpec never holds one)."""
+        data = asdict(self)
+        data["areas"] = [{"levels": sorted(a.levels) if a.levels is not None else None,
+                          "spec": a.spec, "label": a.label} for a in self.areas]
+        return data
+
+    @classmethod
+    def from_parameters(cls, data: dict[str, Any]) -> JobSpec:
+        def plugin(d: dict[str, Any] | None) -> PluginSpec | None:
+            return PluginSpec(d["name"], dict(d.get("options") or {}), d.get("where", "catalog")) \
+                if d else None
+        areas = tuple(AreaSpec(frozenset(a["levels"]) if a["levels"] is not None else None,
+                               a["spec"], a.get("label", a["spec"])) for a in data.get("areas", ()))
+        return cls(service=data["service"], name=data.get("name"), source=plugin(data.get("source")),
+                   policies=tuple(p for p in (plugin(d) for d in data.get("policies", ())) if p),
+                   areas=areas, exporter=plugin(data.get("exporter")) or PluginSpec(DEFAULT_EXPORTER),
+                   output=data.get("output"), workers=int(data.get("workers", DEFAULT_WORKERS)),
+                   mode=data.get("mode", "create"), referer=data.get("referer"),
+                   allow_partial=bool(data.get("allow_partial", False)))
+
+
+def _lines(value: str) -> list[str]:
+    return [line.strip() for line in value.replace("\r", "").split("\n") if line.strip()]
+
+
+def _service_from_config(config: Config, value: str, where: str) -> tuple[str, dict[str, str]]:
+    """A ``service`` value is a ``[service:NAME]`` name or a URL / path."""
+    if value in config.services:
+        section = dict(config.services[value])
+        here = config.where(f"service:{value}")
+        url, path = section.pop("url", None), section.pop("path", None)
+        if not (url or path):
+            raise ConfigError(f"{here}: needs url (or path)")
+        return (url if url else config.resolve_path(path or "")), section
+    return value, {}
+
+
+def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -> JobSpec:
+    """Merge a config job (if named) with flags; flags replace the section's values key by key."""
+    section: dict[str, str] = config.job(job_name) if job_name else {}
+    where = (lambda key: config.where(f"job:{job_name}", key)) if job_name else \
+        (lambda key: f"--{key}")
+
+    known = {"service", "source", "levels", "scales", "policy", "aoi", "exporter", "output",
+             "workers", "mode", "referer", "allow_partial"}
+    for key in section:
+        if key not in known:
+            raise ConfigError(f"{where(key)}: unknown key (keys: {', '.join(sorted(known))})")
+
+    service_value = flags.get("service") or section.get("service")
+    if not service_value:
+        raise UsageError("no service: give --service URL (or a [job:NAME] with service = ...)")
+    service_where = "--service" if flags.get("service") else where("service")
+    location, service_options = _service_from_config(config, service_value, service_where)
+    referer = flags.get("referer") or section.get("referer") or service_options.pop("referer", None)
+
+    source_name = flags.get("source") or section.get("source") or service_options.pop("source", None)
+    source = None
+    if source_name or service_options:
+        if not source_name:
+            raise ConfigError(f"{config.where('service:' + service_value)}: options "
+                              f"{', '.join(sorted(service_options))} need source = NAME")
+        source = PluginSpec(source_name, service_options, config.where(f"service:{service_value}"))
+
+    policies: list[PluginSpec] = []
+    levels = flags.get("levels") or section.get("levels")
+    if levels:
+        policies.append(PluginSpec("levels", {"": levels}, "--levels" if flags.get("levels")
+                                   else where("levels")))
+    scales = flags.get("scales") or section.get("scales")
+    if scales:
+        policies.append(PluginSpec("snap", {"": scales}, "--scales" if flags.get("scales")
+                                   else where("scales")))
+    policy_values = list(flags.get("policy") or ()) or _lines(section.get("policy", ""))
+    for value in policy_values:
+        policies.append(PluginSpec.parse(value, "--policy" if flags.get("policy")
+                                         else where("policy")))
+
+    area_values = list(flags.get("aoi") or ())
+    area_where = "--aoi"
+    if not area_values and section.get("aoi"):
+        area_values, area_where = _lines(section["aoi"]), where("aoi")
+    areas = tuple(_area_with_section(config, parse_area_flag(v, area_where)) for v in area_values)
+
+    exporter_value = flags.get("exporter") or section.get("exporter") or DEFAULT_EXPORTER
+    exporter = PluginSpec.parse(exporter_value, "--exporter" if flags.get("exporter")
+                                else where("exporter"))
+    output = flags.get("output") or section.get("output")
+    if output and section.get("output") and not flags.get("output"):
+        output = config.resolve_path(output)
+    try:
+        workers = int(flags.get("workers") or section.get("workers") or DEFAULT_WORKERS)
+    except ValueError:
+        raise ConfigError(f"{where('workers')}: not a whole number") from None
+    if workers < 1:
+        raise ConfigError(f"{where('workers')}: must be at least 1")
+    mode = flags.get("mode") or section.get("mode") or "create"
+    if mode not in ("create", "overwrite"):
+        raise ConfigError(f"{where('mode')}: {mode!r} is not one of create, overwrite")
+    allow_partial = bool(flags.get("allow_partial")) or \
+        section.get("allow_partial", "").lower() in ("1", "true", "yes", "on")
+    spec = JobSpec(service=location, name=job_name, source=source, policies=tuple(policies),
+                   areas=areas, exporter=exporter, output=output, workers=workers, mode=mode,
+                   referer=referer, allow_partial=allow_partial)
+    return spec
+
+
+def _area_with_section(config: Config, area: AreaSpec) -> AreaSpec:
+    """Expand ``town`` into the generator spec of ``[aoi:town]`` (``generator`` + ``path``/``spec``)."""
+    if area.spec not in config.areas:
+        return area
+    section = dict(config.areas[area.spec])
+    here = config.where(f"aoi:{area.spec}")
+    generator = section.pop("generator", None)
+    value = section.pop("spec", None) or section.pop("path", None) or section.pop("bbox", None) or ""
+    if section:
+        raise ConfigError(f"{here}: unknown key {sorted(section)[0]!r} (keys: generator, path, "
+                          "bbox, spec)")
+    if generator is None:
+        raise ConfigError(f"{here}: needs generator = NAME (extent, bbox, file...)")
+    if generator == "file" or (value and os.sep in value) or value.endswith((".json", ".geojson")):
+        value = config.resolve_path(value)
+    spec = f"{generator}:{value}" if value else generator
+    return replace(area, spec=spec, label=area.spec)

@@ -1,0 +1,280 @@
+"""Run a planned job: fetch tiles bundle by bundle, write them, checkpoint each bundle in the catalog.
+
+The bundle is the unit of work: a bundle is recorded as done only after its bytes are durable, so a
+job killed at any moment resumes by skipping the recorded bundles and redoing the rest.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cacheorch.connection import Connection
+from cacheorch.errors import CacheorchError, JobFailedError, OutputExistsError, UsageError
+from cacheorch.events import BundleDone, JobFinished, JobStarted, emit
+from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, staging_path
+from cacheorch.jobplan import JobPlan
+from cacheorch.planner import BundlePlan
+
+if TYPE_CHECKING:
+    from cacheorch.catalog import Catalog
+    from cacheorch.pluginmanager import Plugins
+
+__all__ = ["JobOutcome", "run_job", "default_output"]
+
+#: How many tiles pass between progress-bar updates (a per-tile update would cost more than the tile).
+_PROGRESS_STEP = 64
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended; ``status`` is completed, partial, failed or interrupted."""
+
+    job_id: int
+    status: str
+    output: str
+    written: int = 0
+    missing: int = 0
+    failed: int = 0
+    bytes: int = 0
+    message: str = ""
+
+
+@dataclass
+class _OpenBundle:
+    plan: BundlePlan
+    sink: BundleSink | None = None
+    seen: int = 0
+    written: int = 0
+    missing: int = 0
+    failed: int = 0
+    bytes: int = 0
+    errors: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+def default_output(plan: JobPlan) -> Path:
+    """``<service name><extension>`` in the working directory, with the name made file-safe."""
+    raw = plan.service.name or Path(plan.service.location.rstrip("/")).name or "cache"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("._") or "cache"
+    return Path(safe + (plan.exporter.extension or ""))
+
+
+def _export_request(plan: JobPlan, output: Path) -> ExportRequest:
+    levels = tuple(lv.lod for lv in plan.levels)
+    scheme = plan.service.scheme.with_levels(lod.level for lod in levels)
+    return ExportRequest(output=output, service=plan.service, scheme=scheme, levels=levels,
+                         extent=plan.extent, mode=plan.spec.mode,  # type: ignore[arg-type]
+                         title=plan.service.name or output.stem)
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Run:
+    """One execution (first run or resume) of a job against an open export session."""
+
+    def __init__(self, plugins: Plugins, catalog: Catalog, connection: Connection, plan: JobPlan,
+                 job_id: int, session: ExportSession, progress: Progress | None) -> None:
+        self.plugins, self.catalog, self.connection = plugins, catalog, connection
+        self.plan, self.job_id, self.session = plan, job_id, session
+        self.progress = progress or (lambda n: None)
+        self.open: dict[tuple[int, int, int], _OpenBundle] = {}
+        self.outcome = JobOutcome(job_id, "running", "")
+
+    def _keys(self, skip: dict[tuple[int, int, int], int]) -> Iterator[Any]:
+        """Tile keys of every bundle not already done; registers each bundle before its first key."""
+        skipped = 0
+        for bundle in self.plan.bundles():
+            key = (bundle.level, bundle.bundle_row, bundle.bundle_col)
+            written = skip.get(key)
+            if written is not None and (written == 0 or self.session.has_bundle(*key)):
+                skipped += bundle.tile_count
+                if skipped >= _PROGRESS_STEP:
+                    self.progress(skipped)
+                    skipped = 0
+                continue
+            self.open[key] = _OpenBundle(bundle)
+            yield from bundle.keys()
+        if skipped:
+            self.progress(skipped)
+
+    def _finish_bundle(self, key: tuple[int, int, int], state: _OpenBundle) -> None:
+        if state.sink is not None:
+            state.sink.close()  # durable before the catalog hears of it
+        level, brow, bcol = key
+        self.catalog.record_bundle(self.job_id, level=level, bundle_row=brow, bundle_col=bcol,
+                                   written=state.written, missing=state.missing,
+                                   failed=state.failed, bytes=state.bytes, errors=state.errors)
+        out = self.outcome
+        out.written += state.written
+        out.missing += state.missing
+        out.failed += state.failed
+        out.bytes += state.bytes
+        emit(self.plugins.pm, BundleDone(self.job_id, level=level, bundle_row=brow, bundle_col=bcol,
+                                         written=state.written, missing=state.missing,
+                                         failed=state.failed, bytes=state.bytes))
+        del self.open[key]
+
+    def fetch_all(self, skip: dict[tuple[int, int, int], int]) -> None:
+        source = self.plan.tile_source
+        pending = 0
+        with source.open(self.plan.service, self.connection, self.plan.spec.workers) as fetcher:
+            for result in fetcher.fetch(self._keys(skip)):
+                k = result.key
+                key = (k.level, *k.bundle)
+                state = self.open[key]
+                if result.status == "ok" and result.data is not None:
+                    if state.sink is None:
+                        state.sink = self.session.open_bundle(*key)
+                    state.sink.add(k.row, k.col, result.data)
+                    state.written += 1
+                    state.bytes += len(result.data)
+                elif result.status == "missing":
+                    state.missing += 1
+                else:
+                    state.failed += 1
+                    state.errors.append((k.row, k.col, self.connection.redact(result.error or "failed")))
+                state.seen += 1
+                if state.seen == state.plan.tile_count:
+                    self._finish_bundle(key, state)
+                pending += 1
+                if pending >= _PROGRESS_STEP:
+                    self.progress(pending)
+                    pending = 0
+        self.progress(pending)
+        if self.open:  # a fetcher that dropped results would otherwise pass unnoticed
+            raise CacheorchError(f"the tile source returned no result for {len(self.open)} bundle(s)")
+
+    def abort_open(self) -> None:
+        for state in self.open.values():
+            if state.sink is not None:
+                state.sink.abort()
+        self.open.clear()
+
+
+def _skip_set(catalog: Catalog, job_id: int) -> dict[tuple[int, int, int], int]:
+    counts = getattr(catalog, "done_bundle_counts", None)
+    if counts is not None:
+        return counts(job_id)
+    return {key: 1 for key in catalog.done_bundles(job_id)}
+
+
+def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: JobPlan, *,
+            job_id: int | None = None, progress: Progress | None = None,
+            on_start: Callable[[int], None] | None = None) -> JobOutcome:
+    """Run ``plan`` as a new job, or as a resume of ``job_id``; returns how it ended.
+
+    Raises :class:`~cacheorch.errors.JobFailedError` (exit 1) when tiles failed and the job did
+    not allow a partial output, and on interruption; the catalog records the state either way.
+    """
+    resumed = job_id is not None
+    output = Path(plan.spec.output) if plan.spec.output else default_output(plan)
+    output = output.absolute()
+    staging = staging_path(output)
+    if not resumed and staging.exists():
+        raise OutputExistsError(f"{staging} holds an interrupted job's bundles; resume it "
+                                f"(cacheorch jobs lists it) or remove that folder")
+    if resumed and plan.spec.mode == "create" and output.exists() and not staging.exists():
+        raise OutputExistsError(f"{output} exists and job {job_id} has no staged bundles left")
+    request = _export_request(plan, output)
+    session = plan.exporter.open(request)
+    try:
+        if job_id is None:
+            service_id = catalog.ensure_service(
+                url=plan.service.location, name=plan.service.name, kind=plan.service.kind,
+                fingerprint=plan.service.scheme.fingerprint(), scheme=plan.service.scheme.to_json())
+            params = plan.spec.to_parameters() | {"output": str(output),
+                                                  "fingerprint": plan.service.scheme.fingerprint()}
+            job_id = catalog.create_job(
+                name=plan.spec.name, service_id=service_id, service_url=plan.service.location,
+                exporter=plan.spec.exporter.name, output=str(output), parameters=params,
+                levels=[lv.to_json() | {"area_name": lv.area_label} for lv in plan.levels])
+        else:
+            catalog.set_status(job_id, "running")
+    except BaseException:
+        if not resumed:
+            session.discard()
+        raise
+    if on_start is not None:
+        on_start(job_id)
+    run = _Run(plugins, catalog, connection, plan, job_id, session, progress)
+    run.outcome.output = str(output)
+    skip = _skip_set(catalog, job_id) if resumed else {}
+    emit(plugins.pm, JobStarted(job_id, tiles_planned=plan.tiles, resumed=resumed))
+    try:
+        run.fetch_all(skip)
+    except BaseException as exc:
+        run.abort_open()
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status = "interrupted" if interrupted else "failed"
+        message = "interrupted" if interrupted else connection.redact(exc)
+        catalog.set_status(job_id, status, error=message)
+        emit(plugins.pm, JobFinished(job_id, status=status, output=str(output)))
+        if interrupted:
+            raise JobFailedError(f"job {job_id} interrupted; finish it with: cacheorch resume "
+                                 f"{job_id}") from None
+        raise
+    return _conclude(plugins, catalog, plan, job_id, session, run.outcome, output)
+
+
+def _totals(catalog: Catalog, job_id: int, outcome: JobOutcome) -> JobOutcome:
+    """The job's totals over all its runs (a resume only saw the bundles it redid)."""
+    job = catalog.get_job(job_id)
+    return JobOutcome(job_id, outcome.status, outcome.output,
+                      written=job.get("tiles_written", outcome.written),
+                      missing=job.get("tiles_missing", outcome.missing),
+                      failed=job.get("tiles_failed", outcome.failed),
+                      bytes=job.get("bytes", outcome.bytes), message=outcome.message)
+
+
+def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
+              session: ExportSession, outcome: JobOutcome, output: Path) -> JobOutcome:
+    totals = _totals(catalog, job_id, outcome)
+    if totals.failed and not plan.spec.allow_partial:
+        totals.status = "partial"
+        totals.message = (f"{totals.failed} tile(s) failed; nothing was written to {output} "
+                          f"(the catalog lists the tiles: cacheorch job {job_id}); retry them with "
+                          f"cacheorch resume {job_id}, or accept the gaps with --allow-partial")
+        catalog.set_status(job_id, "partial", error=totals.message)
+        emit(plugins.pm, JobFinished(job_id, status="partial", output=""))
+        totals.output = ""
+        return totals
+    try:
+        final = session.commit()
+    except BaseException as exc:
+        catalog.set_status(job_id, "failed", error=str(exc))
+        raise
+    session.discard()
+    totals.output = str(final)
+    if totals.failed:
+        totals.status = "partial"
+        totals.message = (f"{totals.failed} tile(s) failed and are absent from {final} "
+                          f"(cacheorch job {job_id} lists them)")
+        catalog.set_status(job_id, "partial", error=totals.message)
+    else:
+        totals.status = "completed"
+        catalog.set_status(job_id, "completed")
+    emit(plugins.pm, JobFinished(job_id, status=totals.status, output=str(final)))
+    return totals
+
+
+def check_resumable(job: dict[str, Any]) -> None:
+    """Refuse to resume a finished job or one another process is running."""
+    if job["status"] == "completed":
+        raise UsageError(f"job {job['id']} is already completed")
+    if job["status"] == "running" and _pid_alive(job.get("pid")):
+        raise UsageError(f"job {job['id']} is running in process {job.get('pid')}")

@@ -1,0 +1,478 @@
+"""``cacheorch serve``: a local cache or package, served as an ArcGIS REST tiled MapServer.
+
+Why a server at all: it lets ``run`` (and any ArcGIS client) read an offline cache through the same
+``/tile/{level}/{row}/{col}`` path as a real service, so an export can be checked by exporting it
+again, and a cache can be viewed in a web map without ArcGIS.
+
+The request path is kept lean on purpose (the server is used in throughput benchmarks): the service
+JSON is rendered once, headers are written as one pre-built block with the body in a single send,
+there is no per-request logging, and the tile route is matched before anything else.
+"""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from cacheorch.errors import CacheorchError, FormatError, UsageError
+from cacheorch.formats.png import JPEG_MAGIC, PNG_MAGIC
+from cacheorch.tiling import BUNDLE_SIZE, Envelope, TilingScheme
+
+__all__ = ["CacheServer", "run_server", "default_service_name", "SERVER_VERSION"]
+
+#: The ArcGIS Server version the service JSON imitates (11.1 is the first with ``storageInfo``).
+SERVER_VERSION = 11.1
+#: ``maxExportTilesCount``: ArcGIS's default.
+MAX_EXPORT_TILES = 100000
+#: Seconds an idle keep-alive connection is held before the server drops it.
+IDLE_TIMEOUT = 120.0
+#: Request headers accepted before answering 431 (the stdlib's limit too).
+_MAX_HEADERS = 100
+
+_ROOT = "/arcgis/rest"
+_SERVICES = _ROOT + "/services"
+_STORAGE_MODES = {
+    "esrimapcachestoragemodecompactv2": "esriMapCacheStorageModeCompactV2",
+    "esrimapcachestoragemodecompact": "esriMapCacheStorageModeCompact",
+    "esrimapcachestoragemodeexploded": "esriMapCacheStorageModeExploded",
+    "compact-v2": "esriMapCacheStorageModeCompactV2", "compactv2": "esriMapCacheStorageModeCompactV2",
+    "compact-v1": "esriMapCacheStorageModeCompact", "compactv1": "esriMapCacheStorageModeCompact",
+    "compact": "esriMapCacheStorageModeCompact", "exploded": "esriMapCacheStorageModeExploded",
+}
+_NAME_OK = re.compile(r"[A-Za-z0-9_]+\Z")
+
+
+def default_service_name(cache_path: str | Path) -> str:
+    """The folder or package stem as a service name: ArcGIS allows only letters, digits and ``_``."""
+    path = Path(cache_path)
+    if path.name.lower() in ("conf.xml", "root.json"):  # a metadata file names its folder
+        path = path.parent
+    if path.name.lower() == "layers" and path.parent.name:  # ArcGIS: <service>/Layers/conf.xml
+        path = path.parent
+    stem = path.stem if path.suffix.lower() in (".tpkx", ".tpk") else path.name
+    name = re.sub(r"[^A-Za-z0-9_]", "_", stem).strip("_")
+    return name or "cache"
+
+
+def _content_type(data: bytes) -> bytes:
+    """The image type from the magic bytes: MIXED caches hold both PNG and JPEG tiles."""
+    if data.startswith(PNG_MAGIC):
+        return b"image/png"
+    if data.startswith(JPEG_MAGIC):
+        return b"image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return b"image/webp"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return b"image/gif"
+    return b"application/octet-stream"
+
+
+def _error_body(code: int, message: str) -> bytes:
+    """ArcGIS's error JSON shape, so clients that parse ``error.code`` understand us."""
+    return json.dumps({"error": {"code": code, "message": message, "details": []}},
+                      separators=(",", ":")).encode()
+
+
+def _storage_format(value: str) -> str:
+    return _STORAGE_MODES.get((value or "").lower(), "esriMapCacheStorageModeCompactV2")
+
+
+def _bundle_extent(scheme: TilingScheme, bundles: list[tuple[int, int, int]]) -> Envelope | None:
+    """The extent of the bundles of the coarsest level: a cache without an extent still needs one."""
+    if not bundles:
+        return None
+    level = min(b[0] for b in bundles)
+    boxes = [scheme.tile_bounds(level, r, c) for lv, r, c in bundles if lv == level]
+    boxes += [scheme.tile_bounds(level, r + BUNDLE_SIZE - 1, c + BUNDLE_SIZE - 1)
+              for lv, r, c in bundles if lv == level]
+    xmin = min(b[0] for b in boxes)
+    ymin = min(b[1] for b in boxes)
+    xmax = max(b[2] for b in boxes)
+    ymax = max(b[3] for b in boxes)
+    grid = scheme.grid_bounds()
+    if grid is not None:  # a bundle may run past the end of the grid
+        xmin, ymin = max(xmin, grid[0]), max(ymin, grid[1])
+        xmax, ymax = min(xmax, grid[2]), min(ymax, grid[3])
+    return Envelope(xmin, ymin, xmax, ymax, scheme.spatial_reference)
+
+
+def service_json(cache: Any, name: str, tiled_levels: list[int], source_name: str) -> dict[str, Any]:
+    """The MapServer resource as ArcGIS 10.x/11 writes it for a cached, tiles-only service."""
+    scheme: TilingScheme = cache.scheme
+    sr = scheme.spatial_reference.to_json()
+    full = cache.full_extent or scheme.full_extent or _bundle_extent(scheme, list(cache.bundle_keys()))
+    if full is None and scheme.grid_bounds() is not None:
+        full = Envelope(*scheme.grid_bounds(), scheme.spatial_reference)  # type: ignore[misc]
+    initial = scheme.initial_extent or full
+    levels = tiled_levels or list(scheme.tiled_levels) or list(scheme.levels)
+    min_lod, max_lod = min(levels), max(levels)
+
+    def extent(env: Envelope | None) -> dict[str, Any] | None:
+        if env is None:
+            return None
+        out = env.to_json()
+        out["spatialReference"] = (env.spatial_reference.to_json()
+                                   if env.spatial_reference is not None else sr)
+        return out
+
+    return {
+        "currentVersion": SERVER_VERSION,
+        "serviceDescription": getattr(cache, "description", "") or "",
+        "mapName": scheme.name or "Layers",
+        "name": name,
+        "description": f"Tiles of {source_name}, served by cacheorch.",
+        "copyrightText": getattr(cache, "copyright", "") or "",
+        "supportsDynamicLayers": False,
+        "layers": [],
+        "tables": [],
+        "spatialReference": sr,
+        "singleFusedMapCache": True,
+        "tileInfo": scheme.to_json(),
+        "initialExtent": extent(initial),
+        "fullExtent": extent(full),
+        "minScale": scheme.lod(min_lod).scale,
+        "maxScale": scheme.lod(max_lod).scale,
+        "minLOD": min_lod,
+        "maxLOD": max_lod,
+        "resampling": False,
+        "units": scheme.units,
+        "capabilities": "Map,TilesOnly",
+        "storageInfo": {"storageFormat": _storage_format(getattr(cache, "storage_format", "")),
+                        "packetSize": BUNDLE_SIZE},
+        "tileServers": [],
+        "exportTilesAllowed": False,
+        "maxExportTilesCount": MAX_EXPORT_TILES,
+    }
+
+
+class _Routes:
+    """Everything a request needs, computed once: the handler only looks things up."""
+
+    def __init__(self, cache: Any, name: str, service: dict[str, Any], tiled_levels: list[int]) -> None:
+        self.get_tile: Callable[[int, int, int], bytes | None] = cache.get_tile
+        self.levels = frozenset(tiled_levels)
+        self.service_path = f"{_SERVICES}/{name}/MapServer".lower()
+        self.tile_prefix = f"{_SERVICES}/{name}/MapServer/tile/"
+        self.tile_prefix_lower = self.tile_prefix.lower()
+        catalog = {"currentVersion": SERVER_VERSION, "folders": [],
+                   "services": [{"name": name, "type": "MapServer"}]}
+        info = {"currentVersion": SERVER_VERSION, "fullVersion": f"{SERVER_VERSION}.0",
+                "authInfo": {"isTokenBasedSecurity": False}}
+        self.documents: dict[str, tuple[bytes, bytes]] = {
+            path: (json.dumps(doc, separators=(",", ":")).encode(), json.dumps(doc, indent=2).encode())
+            for path, doc in ((self.service_path, service), (_SERVICES, catalog),
+                              (_ROOT + "/info", info))
+        }
+
+
+_TILE_MISSING = _error_body(404, "Tile not found")
+_NOT_FOUND_HEAD = b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+_CORS = b"Access-Control-Allow-Origin: *\r\n"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection; HTTP/1.1 so clients keep it alive between tiles."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "cacheorch"
+    disable_nagle_algorithm = True  # header and body go out in one send; do not wait for an ACK
+    timeout = IDLE_TIMEOUT
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Silent: logging every tile would cost more than serving it."""
+
+    def parse_request(self) -> bool:
+        """The stdlib parser minus the email-package header parse, which cost more than a tile read.
+
+        Only ``Connection`` matters to a GET/HEAD-only server; other headers are skipped unparsed.
+        """
+        self.command = None  # type: ignore[assignment]  # as the stdlib does, for error replies
+        self.request_version = "HTTP/0.9"
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if len(words) != 3 or not words[2].startswith("HTTP/1."):
+            if len(words) == 3 and words[2].startswith("HTTP/"):
+                self.send_error(505, f"HTTP version {words[2]} not supported")
+            else:
+                self.send_error(400, f"Bad request line {self.requestline[:100]!r}")
+            return False
+        self.command, self.path, self.request_version = words
+        keep_alive = self.request_version != "HTTP/1.0"
+        readline = self.rfile.readline
+        for _ in range(_MAX_HEADERS):
+            line = readline(65537)
+            if len(line) > 65536:
+                self.send_error(431, "Header line too long")
+                return False
+            if line in (b"\r\n", b"\n", b""):
+                break
+            if line[:11].lower() == b"connection:":
+                value = line[11:].strip().lower()
+                keep_alive = value != b"close" and (keep_alive or value == b"keep-alive")
+        else:
+            self.send_error(431, "Too many headers")
+            return False
+        self.close_connection = not keep_alive
+        return True
+
+    # -- responses ------------------------------------------------------------------------------
+
+    def _send(self, head: bytes, content_type: bytes, body: bytes, head_only: bool) -> None:
+        keep = b"" if not self.close_connection else b"Connection: close\r\n"
+        self.wfile.write(b"".join((
+            head, b"Content-Type: ", content_type, b"\r\nContent-Length: ", str(len(body)).encode(),
+            b"\r\n", _CORS, keep, b"\r\n", b"" if head_only else body)))
+
+    def _not_found(self, body: bytes, head_only: bool) -> None:
+        self.wfile.write(b"".join((
+            _NOT_FOUND_HEAD, b"Content-Length: ", str(len(body)).encode(), b"\r\n", _CORS,
+            b"" if not self.close_connection else b"Connection: close\r\n", b"\r\n",
+            b"" if head_only else body)))
+
+    def _route(self, head_only: bool) -> None:
+        routes: _Routes = self.server.routes
+        path, _, query = self.path.partition("?")
+        if path.startswith(routes.tile_prefix) or path.lower().startswith(routes.tile_prefix_lower):
+            self._tile(routes, path[len(routes.tile_prefix):], head_only)
+            return
+        key = path.rstrip("/").lower()
+        document = routes.documents.get(key)
+        if document is None:
+            self._not_found(_error_body(404, f"Not found: {path}"), head_only)
+            return
+        pretty = "pjson" in query and "pjson" in parse_qs(query).get("f", ())
+        self._send(b"HTTP/1.1 200 OK\r\n", b"application/json; charset=utf-8",
+                   document[1] if pretty else document[0], head_only)
+
+    def _tile(self, routes: _Routes, rest: str, head_only: bool) -> None:
+        parts = rest.split("/")
+        try:
+            level, row, col = int(parts[0]), int(parts[1]), int(parts[2])
+        except (ValueError, IndexError):
+            self._not_found(_error_body(404, "Tile path must be tile/{level}/{row}/{col}"), head_only)
+            return
+        if len(parts) != 3 or level not in routes.levels or row < 0 or col < 0:
+            self._not_found(_TILE_MISSING, head_only)
+            return
+        try:
+            data = routes.get_tile(level, row, col)
+        except CacheorchError as exc:  # a damaged bundle: say so, keep serving the others
+            self._send(b"HTTP/1.1 500 Internal Server Error\r\n", b"application/json",
+                       _error_body(500, str(exc)), head_only)
+            return
+        except (ValueError, OverflowError):  # a row or column no bundle name can hold
+            data = None
+        if data is None:
+            self._not_found(_TILE_MISSING, head_only)
+            return
+        self._send(b"HTTP/1.1 200 OK\r\n", _content_type(data), data, head_only)
+
+    # -- methods --------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._route(False)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._route(True)
+
+    def _refuse(self) -> None:
+        # The request body is not read, so the connection cannot carry another request.
+        self.close_connection = True
+        body = _error_body(405, f"Method {self.command} not allowed; use GET or HEAD")
+        self.wfile.write(b"".join((
+            b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Type: application/json\r\n"
+            b"Content-Length: ", str(len(body)).encode(), b"\r\nConnection: close\r\n\r\n", body)))
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
+
+
+class _Server(ThreadingHTTPServer):
+    """Tracks open connections so that :meth:`CacheServer.stop` can end idle keep-alive ones."""
+
+    daemon_threads = True
+    request_queue_size = 128  # a benchmark opens many connections at once
+
+    def __init__(self, address: tuple[str, int], routes: _Routes) -> None:
+        self.routes = routes
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Condition()
+        self._closing = False
+        super().__init__(address, _Handler)
+
+    def track(self, conn: socket.socket, opened: bool) -> None:
+        with self._lock:
+            if opened:
+                self._connections.add(conn)
+                if self._closing:  # accepted just as the server stopped
+                    _shutdown(conn)
+            else:
+                self._connections.discard(conn)
+                self._lock.notify_all()
+
+    def close_connections(self, wait: float = 5.0) -> None:
+        """Wake every handler blocked on an idle connection and wait for them to finish."""
+        with self._lock:
+            self._closing = True
+            for conn in list(self._connections):
+                _shutdown(conn)
+            self._lock.wait_for(lambda: not self._connections, timeout=wait)
+
+
+def _shutdown(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class CacheServer:
+    """A compact-v2 folder or a .tpkx, served as ``/arcgis/rest/services/<name>/MapServer``.
+
+    The socket is bound on construction (``port=0`` picks a free port), so :attr:`url` is known
+    before serving starts. Entering the context starts serving in a background thread; leaving it
+    stops the server and closes the cache.
+    """
+
+    def __init__(self, cache_path: str | Path, host: str = "127.0.0.1", port: int = 0,
+                 service_name: str | None = None) -> None:
+        path = Path(cache_path)
+        if service_name is not None and not _NAME_OK.match(service_name):
+            raise UsageError(f"service name {service_name!r} may hold only letters, digits and _")
+        self.name = service_name or default_service_name(path)
+        self.cache_path = path
+        self.cache = _open(path)
+        self._thread: threading.Thread | None = None
+        self._serving = False
+        self._stopped = False
+        try:
+            tiled_levels = sorted({key[0] for key in self.cache.bundle_keys()})
+            self.service = service_json(self.cache, self.name, tiled_levels, path.name)
+            routes = _Routes(self.cache, self.name, self.service, tiled_levels)
+            server_cls = _Server6 if ":" in host else _Server
+            try:
+                self._httpd = server_cls((host, port), routes)
+            except OSError as exc:
+                raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        except BaseException:
+            self.cache.close()
+            raise
+        self.host, self.port = host, self._httpd.server_address[1]
+
+    # -- addresses ------------------------------------------------------------------------------
+
+    @property
+    def root_url(self) -> str:
+        """``http://host:port`` as a client on this machine reaches it."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        host = "[::1]" if host == "::" else (f"[{host}]" if ":" in host else host)
+        return f"http://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The MapServer URL, as ``run --service`` takes it."""
+        return f"{self.root_url}{_SERVICES}/{self.name}/MapServer"
+
+    @property
+    def tile_url_template(self) -> str:
+        return f"{self.url}/tile/{{level}}/{{row}}/{{col}}"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> CacheServer:
+        """Serve in a daemon thread and return at once (idempotent)."""
+        if self._stopped:
+            raise UsageError("the server was stopped; make a new CacheServer")
+        if self._thread is None:
+            self._serving = True
+            self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                            name=f"cacheorch-serve-{self.port}", daemon=True)
+            self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve until :meth:`stop` (or Ctrl-C), in this thread or by waiting on the started one."""
+        if self._stopped:
+            raise UsageError("the server was stopped; make a new CacheServer")
+        if self._thread is not None:
+            while self._thread.is_alive():
+                self._thread.join(0.5)
+            return
+        self._serving = True
+        self._httpd.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        """Stop serving, end open connections, close the cache. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._serving:
+            self._httpd.shutdown()
+        self._httpd.server_close()
+        self._httpd.close_connections()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self.cache.close()
+
+    def __enter__(self) -> CacheServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"CacheServer({str(self.cache_path)!r}, url={self.url!r})"
+
+
+def _open(path: Path) -> Any:
+    """Open the cache, turning every way a path can be wrong into one line."""
+    if not path.exists():
+        raise FormatError(f"{path}: no such cache folder or package")
+    from cacheorch.formats.cache import open_cache
+
+    try:
+        return open_cache(path)
+    except CacheorchError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise FormatError(f"{path}: not a readable compact cache or .tpkx ({exc})") from None
+
+
+def run_server(cache: str | Path, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
+               echo: Callable[[str], Any] = print) -> None:
+    """The ``serve`` command: print where the service is, then serve until Ctrl-C."""
+    server = CacheServer(cache, host=host, port=port, service_name=name)
+    try:
+        service = server.service
+        echo(f"Serving {server.cache_path} (levels {service['minLOD']}-{service['maxLOD']}) at")
+        echo(f"  {server.url}")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            echo(f"Note: listening on {host}, reachable from other machines.")
+        echo("Press Ctrl-C to stop.")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            echo("Stopped.")
+    finally:
+        server.stop()

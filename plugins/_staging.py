@@ -1,0 +1,301 @@
+"""Staging shared by the compact-v2 and tpkx exporters: bundles land beside the output, then move in.
+
+A session writes into ``<output>.partial/``. Each bundle is written as ``<name>.bundle.tmp``,
+fsync'ed, and renamed to its final name on close, so a staged ``.bundle`` is always whole; that is
+what makes resume trustworthy (a ``.bundle`` present means done, a ``.tmp`` means start again).
+A marker file records the grid the staging belongs to, so a resume never mixes two schemes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from cacheorch.errors import ExportError, OutputExistsError
+from cacheorch.formats.bundle import BundleWriter, bundle_name, level_folder
+from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession
+from cacheorch.tiling import BUNDLE_SIZE, Envelope, LevelOfDetail
+
+__all__ = ["STAGING_SUFFIX", "MARKER", "staging_path", "fsync_dir", "atomic_write",
+           "StagedBundle", "StagingSession", "export_extent", "listed_lods", "title_of"]
+
+log = logging.getLogger(__name__)
+
+STAGING_SUFFIX = ".partial"
+#: Written in the staging folder; never part of the output.
+MARKER = ".cacheorch-staging.json"
+_TMP = ".tmp"
+
+
+def staging_path(output: Path) -> Path:
+    """``<output>.partial`` beside the output."""
+    return output.with_name(output.name + STAGING_SUFFIX)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or new entry in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a small file whole or not at all (temporary name, fsync, rename)."""
+    tmp = path.with_name(path.name + _TMP)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class StagedBundle(BundleSink):
+    """One bundle written under ``.tmp`` and renamed into place when closed."""
+
+    def __init__(self, final: Path, bundle_row: int, bundle_col: int, record_count: int,
+                 on_done: Callable[[], None]) -> None:
+        self.final = final
+        self._tmp = final.with_name(final.name + _TMP)
+        self._writer = BundleWriter(self._tmp, bundle_row, bundle_col, record_count=record_count)
+        self._on_done = on_done
+        self._done = False
+
+    def add(self, row: int, col: int, data: bytes) -> None:
+        self._writer.add(row, col, data)
+
+    def close(self) -> int:
+        if self._done:
+            raise ExportError(f"{self.final.name}: bundle already closed")
+        try:
+            size = self._writer.finish()
+            os.replace(self._tmp, self.final)
+            fsync_dir(self.final.parent)
+        except OSError as exc:
+            self._writer.abort()
+            raise ExportError(f"cannot write {self.final}: {exc.strerror or exc}") from None
+        finally:
+            self._finish()
+        return size
+
+    def abort(self) -> None:
+        try:
+            self._writer.abort()
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._on_done()
+
+
+def export_extent(request: ExportRequest) -> Envelope | None:
+    """The output's extent in the scheme SR: the areas' union, else the service's full extent.
+
+    Clamped to the grid when the grid's end is known: world services advertise full extents
+    far beyond the tiling grid, and GDAL crops a .tpkx to its fullExtent.
+    """
+    scheme = request.service.scheme
+    sr = scheme.spatial_reference
+    if request.extent is not None:
+        bounds = tuple(request.extent)
+    elif request.service.full_extent is not None:
+        bounds = request.service.full_extent.bounds
+    elif scheme.grid_bounds() is not None:
+        bounds = scheme.grid_bounds()  # type: ignore[assignment]
+    else:
+        return None
+    grid = scheme.grid_bounds()
+    if grid is not None:
+        clamped = (max(bounds[0], grid[0]), max(bounds[1], grid[1]),
+                   min(bounds[2], grid[2]), min(bounds[3], grid[3]))
+        if clamped[0] < clamped[2] and clamped[1] < clamped[3]:
+            bounds = clamped
+    return Envelope(*bounds, spatial_reference=sr)  # type: ignore[misc]
+
+
+def listed_lods(request: ExportRequest) -> list[LevelOfDetail]:
+    """Levels to list in conf.xml: every level of the full scheme up to the finest exported one.
+
+    GDAL's ESRIC driver ignores LevelID and names a level's folder by its position in the sorted
+    LOD list (``L%02d`` of the index from the coarsest), so a list starting above level 0 or with
+    gaps would send it to the wrong folders; ArcGIS, in turn, wants LevelID to match the folder.
+    Listing the scheme's own levels 0..finest satisfies both. Levels finer than the finest
+    exported one are left out because GDAL (<= 3.10) refuses a cache whose finest level makes the
+    raster wider than 2**31 pixels (level 23 of 256-px Web Mercator), and they hold no tiles.
+    """
+    finest = max(lod.level for lod in request.levels)
+    full = {lod.level: lod for lod in request.service.scheme.lods}
+    for lod in request.levels:  # a narrowed scheme should never add levels, but be safe
+        full.setdefault(lod.level, lod)
+    return [full[level] for level in sorted(full) if level <= finest]
+
+
+class StagingSession(ExportSession):
+    """Common staging behaviour; subclasses write metadata and publish the output.
+
+    ``bundles_dir`` is where level folders go inside the staging folder (``_alllayers`` for a
+    cache folder, ``tile`` for a package), ``record_count`` the bundle header's record count.
+    """
+
+    bundles_dir: str = "_alllayers"
+    record_count: int = 0
+    exporter_name: str = ""
+
+    def __init__(self, request: ExportRequest) -> None:
+        if not request.levels:
+            raise ExportError("nothing to export: no levels selected")
+        self.request = request
+        self.output = Path(request.output)
+        self.staging = staging_path(self.output)
+        self._lock = threading.Lock()
+        self._open: set[tuple[int, int, int]] = set()
+        self._committed = False
+        if request.mode == "create" and self._output_exists():
+            raise OutputExistsError(f"{self.output} already exists; choose another output or "
+                                    f"overwrite it")
+        self._prepare()
+
+    # -- staging --------------------------------------------------------------------------------
+
+    def _output_exists(self) -> bool:
+        return os.path.lexists(self.output)
+
+    def _marker(self) -> dict[str, str]:
+        return {"exporter": self.exporter_name,
+                "scheme": self.request.service.scheme.fingerprint()}
+
+    def _prepare(self) -> None:
+        marker_path = self.staging / MARKER
+        try:
+            if self.staging.is_dir():
+                if marker_path.is_file():
+                    found = json.loads(marker_path.read_text("utf-8"))
+                    if found != self._marker():
+                        raise ExportError(
+                            f"{self.staging} holds a partial export of another service or format "
+                            f"({found.get('exporter')}, grid {found.get('scheme')}); remove it to "
+                            f"start over")
+                self._remove_temporaries()
+            else:
+                self.staging.parent.mkdir(parents=True, exist_ok=True)
+                self.staging.mkdir()
+            (self.staging / self.bundles_dir).mkdir(exist_ok=True)
+            if not marker_path.is_file():
+                atomic_write(marker_path, json.dumps(self._marker()).encode())
+        except ExportError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"cannot prepare staging folder {self.staging}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+
+    def _remove_temporaries(self) -> None:
+        for tmp in self.staging.rglob("*" + _TMP):
+            try:
+                tmp.unlink()
+            except OSError as exc:
+                log.warning("could not remove leftover %s: %s", tmp, exc)
+
+    def bundle_path(self, level: int, bundle_row: int, bundle_col: int) -> Path:
+        return self.staging / self.bundles_dir / level_folder(level) / bundle_name(bundle_row,
+                                                                                   bundle_col)
+
+    def staged_bundles(self) -> list[Path]:
+        """Finished bundles in the staging folder, in level then name order."""
+        root = self.staging / self.bundles_dir
+        return sorted(root.glob("L*/*.bundle"))
+
+    # -- ExportSession --------------------------------------------------------------------------
+
+    def has_bundle(self, level: int, bundle_row: int, bundle_col: int) -> bool:
+        return self.bundle_path(level, bundle_row, bundle_col).is_file()
+
+    def open_bundle(self, level: int, bundle_row: int, bundle_col: int) -> BundleSink:
+        if self._committed:
+            raise ExportError(f"{self.output}: the export was already committed")
+        if bundle_row % BUNDLE_SIZE or bundle_col % BUNDLE_SIZE:
+            raise ExportError(f"bundle origin ({bundle_row}, {bundle_col}) is not a multiple of "
+                              f"{BUNDLE_SIZE}")
+        if level not in {lod.level for lod in self.request.levels}:
+            raise ExportError(f"level {level} is not one of the levels being exported")
+        key = (level, bundle_row, bundle_col)
+        with self._lock:
+            if key in self._open:
+                raise ExportError(f"bundle {level_folder(level)}/{bundle_name(bundle_row, bundle_col)}"
+                                  f" is already being written")
+            self._open.add(key)
+        try:
+            final = self.bundle_path(level, bundle_row, bundle_col)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            return StagedBundle(final, bundle_row, bundle_col, self.record_count,
+                                lambda: self._release(key))
+        except BaseException as exc:
+            self._release(key)
+            if isinstance(exc, OSError):
+                raise ExportError(f"cannot start bundle in {self.staging}: "
+                                  f"{exc.strerror or exc}") from None
+            raise
+
+    def _release(self, key: tuple[int, int, int]) -> None:
+        with self._lock:
+            self._open.discard(key)
+
+    def commit(self) -> Path:
+        with self._lock:
+            if self._open:
+                raise ExportError(f"{len(self._open)} bundle(s) are still being written; close "
+                                  f"or abort them before committing")
+        if self._committed:
+            raise ExportError(f"{self.output}: already committed")
+        if self.request.mode == "create" and self._output_exists():
+            raise OutputExistsError(f"{self.output} already exists; choose another output or "
+                                    f"overwrite it")
+        try:
+            self._write_metadata()
+            self._publish()
+        except OSError as exc:
+            raise ExportError(f"cannot write {self.output}: {exc.strerror or exc}") from None
+        self._committed = True
+        return self.output
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    # -- for subclasses -------------------------------------------------------------------------
+
+    def _write_metadata(self) -> None:
+        raise NotImplementedError
+
+    def _publish(self) -> None:
+        raise NotImplementedError
+
+    def levels(self) -> Sequence[int]:
+        return sorted(lod.level for lod in self.request.levels)
+
+    @staticmethod
+    def _remove_quietly(paths: Iterable[Path]) -> None:
+        for path in paths:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+
+
+def title_of(request: ExportRequest) -> str:
+    """A human title: the request's, else the service name, else the output's stem."""
+    return request.title or request.service.name or Path(request.output).stem

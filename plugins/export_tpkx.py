@@ -1,0 +1,137 @@
+"""The ``tpkx`` exporter: a Compact Tile Package (zip, every entry STORED) readable by ArcGIS and GDAL.
+
+Bundles are staged in ``<output>.partial/tile/`` exactly as for a cache folder; commit writes
+root.json, iteminfo.json and a thumbnail, packs everything into ``<output>.tmp-<pid>`` and renames
+that over the output, so the output name only ever holds a complete package.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import zipfile
+from pathlib import Path
+
+from cacheorch import hookimpl
+from cacheorch.errors import OutputExistsError
+from cacheorch.formats.bundle import ARCGIS_RECORD_COUNT
+from cacheorch.formats.png import encode_png
+from cacheorch.formats.rootjson import iteminfo_json, root_json, wgs84_bounds
+from cacheorch.interfaces import ExportRequest, ExportSession, Exporter
+from cacheorch.plugins._staging import StagingSession, export_extent, fsync_dir, title_of
+
+__all__ = ["TpkxExporter", "TpkxSession", "thumbnail_png", "cacheorch_register_exporters"]
+
+_COPY_CHUNK = 1 << 20
+#: Thumbnail size of Esri's packages.
+THUMBNAIL_SIZE = (200, 133)
+
+
+def thumbnail_png(rgb: tuple[int, int, int] = (0x3C, 0x78, 0xB4)) -> bytes:
+    """A plain-colour thumbnail: portals want one, and drawing the map would cost a tile render."""
+    width, height = THUMBNAIL_SIZE
+    return encode_png(width, height, bytes(rgb) * (width * height))
+
+
+def _zip_info(name: str, when: float | None = None) -> zipfile.ZipInfo:
+    stamp = time.localtime(when if when is not None else time.time())
+    # Zip timestamps start in 1980.
+    date_time = tuple(stamp[:6]) if stamp.tm_year >= 1980 else (1980, 1, 1, 0, 0, 0)
+    info = zipfile.ZipInfo(name, date_time=date_time)  # type: ignore[arg-type]
+    info.compress_type = zipfile.ZIP_STORED
+    if name.endswith("/"):
+        info.external_attr = 0o40755 << 16 | 0x10
+    else:
+        info.external_attr = 0o644 << 16
+    return info
+
+
+class TpkxSession(StagingSession):
+    """A tile package being staged in ``<output>.partial/``."""
+
+    bundles_dir = "tile"
+    record_count = ARCGIS_RECORD_COUNT
+    exporter_name = "tpkx"
+
+    def _metadata(self) -> dict[str, bytes]:
+        request = self.request
+        scheme = request.service.scheme
+        levels = self.levels()
+        extent = export_extent(request)
+        name = Path(request.output).stem
+        title = title_of(request)
+        root = root_json(scheme, name=name, min_lod=levels[0], max_lod=levels[-1],
+                         full_extent=extent, initial_extent=extent,
+                         description=request.service.description)
+        wgs84 = wgs84_bounds(extent.bounds, scheme.spatial_reference) if extent else None
+        item = iteminfo_json(name=name, title=title, extent_wgs84=wgs84,
+                             description=request.service.description)
+        return {
+            "iteminfo.json": json.dumps(item, ensure_ascii=False).encode("utf-8"),
+            "root.json": json.dumps(root, ensure_ascii=False).encode("utf-8"),
+            "thumbnail.png": thumbnail_png(),
+        }
+
+    def _write_metadata(self) -> None:
+        self._files = self._metadata()
+
+    def _pack(self, target: Path) -> None:
+        bundles = self.staged_bundles()
+        with open(target, "wb") as raw:
+            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for name, data in self._files.items():
+                    zf.writestr(_zip_info(name), data)
+                zf.writestr(_zip_info("tile/"), b"")
+                seen_levels: set[str] = set()
+                for path in bundles:
+                    level_dir = path.parent.name
+                    if level_dir not in seen_levels:
+                        seen_levels.add(level_dir)
+                        zf.writestr(_zip_info(f"tile/{level_dir}/"), b"")
+                    stat = path.stat()
+                    info = _zip_info(f"tile/{level_dir}/{path.name}", stat.st_mtime)
+                    info.file_size = stat.st_size
+                    with open(path, "rb") as src, \
+                            zf.open(info, "w", force_zip64=stat.st_size >= zipfile.ZIP64_LIMIT) as dst:
+                        shutil.copyfileobj(src, dst, _COPY_CHUNK)
+            raw.flush()
+            os.fsync(raw.fileno())
+
+    def _publish(self) -> None:
+        output = self.output
+        tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
+        try:
+            self._pack(tmp)
+            if self.request.mode == "create":
+                # A hard link refuses to replace, so a concurrent writer's output is never clobbered.
+                try:
+                    os.link(tmp, output)
+                    tmp.unlink()
+                except FileExistsError:
+                    raise OutputExistsError(f"{output} appeared while packing; choose another "
+                                            f"output or overwrite it") from None
+                except OSError:  # file systems without hard links
+                    os.replace(tmp, output)
+            else:
+                os.replace(tmp, output)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(output.parent)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+class TpkxExporter(Exporter):
+    """Compact Tile Package (.tpkx): Compact V2 bundles in a STORED zip, for ArcGIS and GDAL."""
+
+    name = "tpkx"
+    extension = ".tpkx"
+
+    def open(self, request: ExportRequest) -> ExportSession:
+        return TpkxSession(request)
+
+
+@hookimpl
+def cacheorch_register_exporters() -> list[type[Exporter]]:
+    return [TpkxExporter]
