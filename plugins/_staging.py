@@ -12,28 +12,23 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cacheorch.errors import ExportError, OutputExistsError
 from cacheorch.formats.bundle import BundleWriter, bundle_name, level_folder
-from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession
-from cacheorch.tiling import BUNDLE_SIZE, Envelope, LevelOfDetail
+from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, staging_path
+from cacheorch.tiling import BUNDLE_SIZE, Envelope, LevelOfDetail, SpatialReference
 
 __all__ = ["STAGING_SUFFIX", "MARKER", "staging_path", "fsync_dir", "atomic_write",
            "StagedBundle", "StagingSession", "export_extent", "listed_lods", "title_of"]
 
 log = logging.getLogger(__name__)
 
-STAGING_SUFFIX = ".partial"
+STAGING_SUFFIX = ".partial"  # what cacheorch.interfaces.staging_path appends
 #: Written in the staging folder; never part of the output.
 MARKER = ".cacheorch-staging.json"
 _TMP = ".tmp"
-
-
-def staging_path(output: Path) -> Path:
-    """``<output>.partial`` beside the output."""
-    return output.with_name(output.name + STAGING_SUFFIX)
 
 
 def fsync_dir(path: Path) -> None:
@@ -112,7 +107,7 @@ def export_extent(request: ExportRequest) -> Envelope | None:
     if request.extent is not None:
         bounds = tuple(request.extent)
     elif request.service.full_extent is not None:
-        bounds = request.service.full_extent.bounds
+        bounds = _in_sr(request.service.full_extent, sr)
     elif scheme.grid_bounds() is not None:
         bounds = scheme.grid_bounds()  # type: ignore[assignment]
     else:
@@ -124,6 +119,24 @@ def export_extent(request: ExportRequest) -> Envelope | None:
         if clamped[0] < clamped[2] and clamped[1] < clamped[3]:
             bounds = clamped
     return Envelope(*bounds, spatial_reference=sr)  # type: ignore[misc]
+
+
+def _in_sr(envelope: Envelope, sr: SpatialReference) -> tuple[float, float, float, float]:
+    """An envelope's bounds in ``sr`` (services may give their full extent in another SR)."""
+    own = envelope.spatial_reference
+    if own is None or own == sr or (own.epsg is not None and own.epsg == sr.epsg):
+        return envelope.bounds
+    try:
+        from pyproj import CRS, Transformer
+
+        transformer = Transformer.from_crs(CRS.from_user_input(own.crs_input()),
+                                           CRS.from_user_input(sr.crs_input()), always_xy=True)
+        xmin, ymin, xmax, ymax = transformer.transform_bounds(*envelope.bounds, densify_pts=21)
+        return (xmin, ymin, xmax, ymax)
+    except Exception as exc:
+        log.warning("could not project the full extent from %s to %s (%s); using it as is",
+                    own, sr, exc)
+        return envelope.bounds
 
 
 def listed_lods(request: ExportRequest) -> list[LevelOfDetail]:
@@ -283,17 +296,6 @@ class StagingSession(ExportSession):
 
     def levels(self) -> Sequence[int]:
         return sorted(lod.level for lod in self.request.levels)
-
-    @staticmethod
-    def _remove_quietly(paths: Iterable[Path]) -> None:
-        for path in paths:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    path.unlink()
-                except OSError:
-                    pass
 
 
 def title_of(request: ExportRequest) -> str:

@@ -53,9 +53,11 @@ def test_feet_and_degree_units_come_from_the_wkt(tmp_path):
                                 'SPHEROID["GRS_1980",6378137.0,298.257222101]],PRIMEM["Greenwich",0.0],'
                                 'UNIT["Degree",0.0174532925199433]],PROJECTION["Lambert_Conformal_Conic"],'
                                 'PARAMETER["False_Easting",984250.0],PARAMETER["False_Northing",0.0],'
-                                'PARAMETER["Central_Meridian",-74.0],PARAMETER["Standard_Parallel_1",40.66666666666666],'
+                                'PARAMETER["Central_Meridian",-74.0],'
+                                'PARAMETER["Standard_Parallel_1",40.66666666666666],'
                                 'PARAMETER["Standard_Parallel_2",41.03333333333333],'
-                                'PARAMETER["Latitude_Of_Origin",40.16666666666666],UNIT["Foot_US",0.3048006096012192]]')
+                                'PARAMETER["Latitude_Of_Origin",40.16666666666666],'
+                                'UNIT["Foot_US",0.3048006096012192]]')
     scheme = TilingScheme(-120039300, 145506100, 512, 512, 96, feet,
                           (LevelOfDetail(0, 1152 * 100.0, 100.0),))
     write_conf_xml(scheme, tmp_path / "conf.xml")

@@ -17,7 +17,7 @@ from _gdal import colour_of, open_gdal, read_tile, solid_png, tile_centre_rgba
 
 from cacheorch import hookspecs
 from cacheorch.errors import ExportError, FormatError, OutputExistsError
-from cacheorch.formats.bundle import HEADER, BundleReader, bundle_name
+from cacheorch.formats.bundle import HEADER, BundleReader
 from cacheorch.formats.cache import open_cache
 from cacheorch.formats.confxml import read_conf_xml
 from cacheorch.interfaces import ExportRequest, Service
@@ -400,6 +400,16 @@ def test_open_cache_on_esri_samples(fixtures, tmp_path):
             assert package.get_tile(5, row, col) == data
 
 
+def test_open_cache_on_an_unzipped_package(fixtures):
+    extracted = fixtures / "esri_tpkx_sample" / "extracted"
+    with open_cache(extracted) as cache, open_cache(extracted / "root.json") as same:
+        assert list(cache.bundle_keys()) == list(same.bundle_keys()) == [(0, 0, 0)]
+        assert cache.name == "Usa" and cache.scheme.max_lod == 5
+        raw = (extracted / "tile" / "L00" / "R0000C0000.bundle").read_bytes()
+        offset, size = 131140, 5924  # the one (malformed, see spec 10.3) record of L00
+        assert cache.get_tile(0, 0, 0) == raw[offset:offset + size]
+
+
 def test_open_cache_refuses_what_is_not_supported_yet(fixtures, tmp_path):
     with pytest.raises(FormatError, match="Compact V1.*not supported yet"):
         open_cache(fixtures / "gwc" / "compactcacheV1")
@@ -457,3 +467,28 @@ def test_registered_through_the_hook():
     classes = [cls for result in pm.hook.cacheorch_register_exporters() for cls in result]
     assert {cls.name: cls.extension for cls in classes} == {"compact-v2": None, "tpkx": ".tpkx"}
     assert all(cls.describe() for cls in classes)
+
+
+def test_grid_right_of_zero_gets_a_tile_end_gdal_can_size(tmp_path):
+    """Without TileEnd GDAL assumes a grid symmetric about (0, 0): nothing, for this origin."""
+    sr = SpatialReference(2193, 2193)
+    lods = tuple(LevelOfDetail(n, scale_of(res), res) for n, res in enumerate((1000.0, 500.0)))
+    scheme = TilingScheme(1_000_000, 7_000_000, 256, 256, 96, sr, lods,
+                          full_extent=Envelope(1_100_000, 5_000_000, 2_000_000, 6_900_000, sr))
+    key = (1, 3, 2)
+    output = _export("compact-v2", _request(tmp_path / "c", scheme, [0, 1]),
+                     {key: solid_png(colour_of(*key))})
+    end = read_conf_xml(output / "conf.xml").tile_end
+    assert end is not None and end[0] >= 2_000_000 and end[1] <= 5_000_000
+    with open_gdal(output) as ds:
+        assert tile_centre_rgba(ds, scheme, *key) == (*colour_of(*key), 255)
+
+
+def test_full_extent_in_another_sr_is_projected(tmp_path):
+    scheme = replace(web_mercator_scheme(), full_extent=Envelope(-10, 40, 10, 50, SpatialReference(4326)),
+                     _by_level={})
+    output = _export("tpkx", _request(tmp_path / "p.tpkx", scheme, [2]), {})
+    with open_cache(output) as cache:
+        xmin, ymin, xmax, ymax = cache.full_extent.bounds
+    assert (xmin, xmax) == pytest.approx((-1113194.9, 1113194.9), abs=1)
+    assert (ymin, ymax) == pytest.approx((4865942.3, 6446275.8), abs=1)

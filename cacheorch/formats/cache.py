@@ -52,8 +52,15 @@ def _find_ci(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _pread(fd: int, size: int, offset: int) -> bytes:
-    return os.pread(fd, size, offset)
+if hasattr(os, "pread"):
+    _pread = os.pread
+else:  # Windows: no positioned read, so serialise seek + read
+    _seek_lock = threading.Lock()
+
+    def _pread(fd: int, size: int, offset: int) -> bytes:
+        with _seek_lock:
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.read(fd, size)
 
 
 @dataclass(frozen=True)
