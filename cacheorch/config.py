@@ -56,7 +56,7 @@ def parse_area_flag(value: str, where: str) -> AreaSpec:
     """``0-3=extent`` / ``4-8: town.geojson`` / ``extent`` (no levels: the default area)."""
     m = _LEVELS_PREFIX.match(value)
     if m:
-        return AreaSpec(parse_level_set(m.group(1), where), m.group(2).strip(), value.strip())
+        return AreaSpec(parse_level_set(m.group(1), where), m.group(2).strip(), m.group(2).strip())
     if not value.strip():
         raise ConfigError(f"{where}: empty area")
     return AreaSpec(None, value.strip(), value.strip())
@@ -110,7 +110,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     chosen = Path(path) if path is not None else _default_path()
     if chosen is None:
         return Config()
-    if not chosen.is_file():
+    if not chosen.exists() or chosen.is_dir():
         raise ConfigError(f"{chosen}: config file not found")
     parser = configparser.ConfigParser(interpolation=None, default_section="__defaults__")
     parser.optionxform = str  # type: ignore[assignment,method-assign]

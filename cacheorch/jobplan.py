@@ -50,7 +50,7 @@ class JobPlan:
     service: Service
     levels: tuple[LevelPlan, ...]
     exporter: Exporter
-    tile_source: TileSource
+    tile_source: TileSource | None
     policy_notes: tuple[str, ...] = ()
 
     @property
@@ -147,13 +147,17 @@ def resolve_areas(plugins: Plugins, service: Service, levels: Sequence[LevelOfDe
 
 
 def make_plan(plugins: Plugins, spec: JobSpec, connection: Connection,
-              service: Service | None = None) -> JobPlan:
-    """Resolve every plugin and count every level's tiles; raises on any bad input."""
+              service: Service | None = None, *, fetching: bool = True) -> JobPlan:
+    """Resolve every plugin and count every level's tiles; raises on any bad input.
+
+    :param fetching: whether tiles will be fetched (``run``); ``plan`` needs no tile source.
+    """
     exporter = build_plugin(plugins.exporters.get(spec.exporter.name), spec.exporter.options,
                             f"{spec.exporter.where} ({spec.exporter.name})")
     if service is None:
         service = read_service(plugins, spec.service, spec.source, connection)
-    tile_source = _pick(plugins.tile_sources, None, service.location, "tile source")
+    tile_source = _pick(plugins.tile_sources, None, service.location, "tile source") \
+        if fetching else None
     lods, notes = select_levels(plugins, service, spec.policies)
     areas = resolve_areas(plugins, service, lods, spec.areas, connection)
     levels = []

@@ -131,6 +131,8 @@ class _Run:
 
     def fetch_all(self, skip: dict[tuple[int, int, int], int]) -> None:
         source = self.plan.tile_source
+        if source is None:
+            raise CacheorchError("the plan was made without a tile source")
         pending = 0
         with source.open(self.plan.service, self.connection, self.plan.spec.workers) as fetcher:
             for result in fetcher.fetch(self._keys(skip)):

@@ -54,7 +54,7 @@ def _spec_and_connection(app: App, kw: dict[str, Any]) -> tuple[JobSpec, Connect
 
 
 def _emit_json(data: dict[str, Any]) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -81,7 +81,10 @@ def _plan_json(plan: JobPlan) -> dict[str, Any]:
 def plan_command(app: App, as_json: bool, token: str | None, **kw: Any) -> None:
     """Show what a job would export: levels, scales, areas and tile counts (fetches no tiles)."""
     spec, connection = _spec_and_connection(app, kw | {"token": token})
-    plan = make_plan(app.plugins, spec, connection)
+    try:
+        plan = make_plan(app.plugins, spec, connection, fetching=False)
+    finally:
+        connection.close()
     if as_json:
         _emit_json(_plan_json(plan))
         return

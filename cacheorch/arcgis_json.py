@@ -1,0 +1,112 @@
+"""ArcGIS REST service JSON (MapServer / ImageServer ``?f=json``) → :class:`Service` and tiling scheme.
+
+Kept apart from HTTP so that any JSON of this shape (a captured file, a package's service
+description) parses the same way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from cacheorch.errors import NotCachedError, SchemeError, ServiceError
+from cacheorch.interfaces import Service
+from cacheorch.tiling import Envelope, LevelOfDetail, SpatialReference, TilingScheme
+
+__all__ = ["scheme_from_tile_info", "service_from_json", "arcgis_error"]
+
+
+def arcgis_error(data: Any) -> tuple[int | None, str] | None:
+    """(code, message) of an ArcGIS error body ``{"error": {"code": 498, "message": ...}}``."""
+    if not isinstance(data, dict) or not isinstance(data.get("error"), dict):
+        return None
+    err = data["error"]
+    code = err.get("code")
+    message = str(err.get("message") or "").strip()
+    details = [str(d) for d in err.get("details") or [] if str(d).strip()]
+    if details and details[0] not in message:
+        message = f"{message} ({'; '.join(details)})" if message else "; ".join(details)
+    try:
+        return (int(code) if code is not None else None, message)
+    except (TypeError, ValueError):
+        return (None, message)
+
+
+def _number(value: Any, what: str, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SchemeError(f"{where}: {what} is {value!r}, not a number") from None
+
+
+def scheme_from_tile_info(tile_info: dict[str, Any], where: str, *, units: str = "esriMeters",
+                          full_extent: Envelope | None = None,
+                          initial_extent: Envelope | None = None,
+                          min_lod: int | None = None, max_lod: int | None = None,
+                          name: str = "Layers") -> TilingScheme:
+    """Build the scheme from a REST/root.json ``tileInfo`` object."""
+    if not isinstance(tile_info, dict):
+        raise SchemeError(f"{where}: tileInfo is not an object")
+    origin = tile_info.get("origin") or {}
+    lods_json = tile_info.get("lods")
+    if not isinstance(lods_json, list) or not lods_json:
+        raise SchemeError(f"{where}: tileInfo has no lods")
+    lods = []
+    for i, lod in enumerate(lods_json):
+        if not isinstance(lod, dict):
+            raise SchemeError(f"{where}: lods[{i}] is not an object")
+        level = lod.get("level", i)
+        lods.append(LevelOfDetail(int(level), _number(lod.get("scale"), f"lods[{i}].scale", where),
+                                  _number(lod.get("resolution"), f"lods[{i}].resolution", where)))
+    sr = SpatialReference.from_json(tile_info.get("spatialReference"))
+    return TilingScheme(
+        origin_x=_number(origin.get("x"), "origin.x", where),
+        origin_y=_number(origin.get("y"), "origin.y", where),
+        tile_cols=int(tile_info.get("cols") or 256), tile_rows=int(tile_info.get("rows") or 256),
+        dpi=int(tile_info.get("dpi") or 96), spatial_reference=sr, lods=tuple(lods),
+        tile_format=str(tile_info.get("format") or "PNG"),
+        compression_quality=int(tile_info.get("compressionQuality") or 0),
+        units=units or "esriMeters", full_extent=full_extent, initial_extent=initial_extent,
+        min_lod=min_lod, max_lod=max_lod, name=name,
+    )
+
+
+def _service_name(location: str, data: dict[str, Any]) -> str:
+    parts = [p for p in location.rstrip("/").split("/") if p]
+    if len(parts) >= 2 and parts[-1].lower() in ("mapserver", "imageserver"):
+        return parts[-2]
+    return str(data.get("mapName") or data.get("name") or (parts[-1] if parts else "service"))
+
+
+def service_from_json(location: str, data: Any) -> Service:
+    """Parse a service JSON; raise NotCachedError when it has no tiling scheme."""
+    if not isinstance(data, dict):
+        raise ServiceError(f"{location}: the service JSON is not an object")
+    kind = "ImageServer" if "/imageserver" in location.lower() else "MapServer"
+    tile_info = data.get("tileInfo")
+    if not tile_info:
+        raise NotCachedError(f"{location} is not a cached map service (no tileInfo)")
+    sr_json = tile_info.get("spatialReference") or data.get("spatialReference")
+    if not tile_info.get("spatialReference") and sr_json:
+        tile_info = dict(tile_info, spatialReference=sr_json)
+
+    def lod_bound(key: str) -> int | None:
+        value = data.get(key)
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    scheme = scheme_from_tile_info(
+        tile_info, location, units=str(data.get("units") or "esriMeters"),
+        full_extent=Envelope.from_json(data.get("fullExtent")),
+        initial_extent=Envelope.from_json(data.get("initialExtent")),
+        min_lod=lod_bound("minLOD"), max_lod=lod_bound("maxLOD"),
+        name=_service_name(location, data))
+    capabilities = frozenset(c.strip() for c in str(data.get("capabilities") or "").split(",")
+                             if c.strip())
+    servers = tuple(s for s in (data.get("tileServers") or []) if isinstance(s, str) and s)
+    max_export = data.get("maxExportTilesCount")
+    return Service(
+        location=location, scheme=scheme, kind=kind, name=_service_name(location, data),
+        capabilities=capabilities, tile_servers=servers,
+        export_tiles_allowed=bool(data.get("exportTilesAllowed", False)),
+        max_export_tiles_count=int(max_export) if isinstance(max_export, (int, float)) else None,
+        description=str(data.get("serviceDescription") or data.get("description") or ""),
+        copyright=str(data.get("copyrightText") or ""),
+    )

@@ -1,0 +1,173 @@
+"""Which tiles of a level meet an area, streamed bundle by bundle and never held all at once.
+
+Per band of 128 tile rows (one row of bundles) the area is clipped to the band, then per tile row to
+the row's strip; each connected piece of a strip spans an interval of columns, so the cost follows
+the rows and the area's outline, not the number of tiles. Pieces with holes are the one case an
+interval over-counts, and only their columns are tested tile by tile.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon, box
+from shapely.geometry.base import BaseGeometry
+
+from cacheorch.tiling import BUNDLE_SIZE, TileKey, TilingScheme
+
+__all__ = ["BundlePlan", "plan_level", "count_level", "row_spans"]
+
+#: Fraction of a tile by which an edge may overshoot a tile boundary and still not pull it in.
+_EDGE = 1e-9
+
+
+@dataclass(frozen=True)
+class BundlePlan:
+    """The tiles of one bundle to fetch: column spans per row, absolute and inclusive."""
+
+    level: int
+    bundle_row: int
+    bundle_col: int
+    spans: tuple[tuple[int, int, int], ...]
+
+    @property
+    def tile_count(self) -> int:
+        return sum(last - first + 1 for _, first, last in self.spans)
+
+    def keys(self) -> Iterator[TileKey]:
+        level = self.level
+        for row, first, last in self.spans:
+            for col in range(first, last + 1):
+                yield TileKey(level, row, col)
+
+
+def _polygons(geom: BaseGeometry) -> list[Polygon]:
+    if geom.is_empty:
+        return []
+    if isinstance(geom, Polygon):
+        return [geom]
+    return [p for p in getattr(geom, "geoms", ()) for p in _polygons(p)]
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    spans.sort()
+    out: list[tuple[int, int]] = []
+    for first, last in spans:
+        if out and first <= out[-1][1] + 1:
+            if last > out[-1][1]:
+                out[-1] = (out[-1][0], last)
+        else:
+            out.append((first, last))
+    return out
+
+
+class _Level:
+    """Grid numbers of one level, and the area clipped to the grid."""
+
+    def __init__(self, scheme: TilingScheme, level: int, area: BaseGeometry) -> None:
+        self.scheme, self.level = scheme, level
+        self.span_x, self.span_y = scheme.tile_span(level)
+        bounds = scheme.grid_bounds()
+        if bounds is not None and not area.is_empty:
+            area = shapely.clip_by_rect(area, *bounds)
+        self.area = area
+        self.size = scheme.grid_size(level)
+        self.range = None if area.is_empty else scheme.tile_range(level, area.bounds)
+
+    def col_span(self, xmin: float, xmax: float) -> tuple[int, int] | None:
+        ox, span = self.scheme.origin_x, self.span_x
+        first = max(math.floor((xmin - ox) / span + _EDGE), 0)
+        last = math.ceil((xmax - ox) / span - _EDGE) - 1
+        if self.size is not None:
+            last = min(last, self.size[1] - 1)
+        if last < first:  # a sliver thinner than the tolerance still meets the tile it lies in
+            last = first = max(math.floor((xmin - ox) / span), 0)
+        return (first, last)
+
+    def tile_boxes(self, row: int, first: int, last: int) -> np.ndarray:
+        ox, oy = self.scheme.origin_x, self.scheme.origin_y
+        cols = np.arange(first, last + 1, dtype=float)
+        return shapely.box(ox + cols * self.span_x, oy - (row + 1) * self.span_y,
+                           ox + (cols + 1) * self.span_x, oy - row * self.span_y)
+
+
+def row_spans(lv: _Level, row: int, band_piece: BaseGeometry) -> list[tuple[int, int]]:
+    """Column intervals of ``row`` whose tiles meet the interior of the area."""
+    oy, sy = lv.scheme.origin_y, lv.span_y
+    top, bottom = oy - row * sy, oy - (row + 1) * sy
+    inset = sy * _EDGE
+    strip = shapely.clip_by_rect(band_piece, lv.scheme.origin_x - 1e300, bottom + inset,
+                                 1e300, top - inset) if not band_piece.is_empty else band_piece
+    spans: list[tuple[int, int]] = []
+    for part in _polygons(strip):
+        if part.area <= 0:
+            continue
+        xmin, _, xmax, _ = part.bounds
+        span = lv.col_span(xmin, xmax)
+        if span is None:
+            continue
+        if not part.interiors:
+            spans.append(span)
+            continue
+        # A hole can swallow whole tiles: keep only the tiles whose box meets the part's interior.
+        boxes = lv.tile_boxes(row, *span)
+        shapely.prepare(part)
+        inter = shapely.intersection(boxes, part)
+        keep = shapely.area(inter) > 0
+        cols = np.nonzero(keep)[0] + span[0]
+        spans.extend((int(c), int(c)) for c in cols)
+    return _merge(spans)
+
+
+def _bands(lv: _Level) -> Iterator[tuple[int, int, int, int]]:
+    """(band first row, band last row, min col, max col) for each bundle row meeting the area."""
+    assert lv.range is not None
+    min_row, min_col, max_row, max_col = lv.range
+    first_band = min_row // BUNDLE_SIZE * BUNDLE_SIZE
+    for band in range(first_band, max_row + 1, BUNDLE_SIZE):
+        yield band, min(band + BUNDLE_SIZE - 1, max_row), min_col, max_col
+
+
+def plan_level(scheme: TilingScheme, level: int, area: BaseGeometry) -> Iterator[BundlePlan]:
+    """Yield the bundles of ``level`` meeting ``area`` (in the scheme's SR), row-major.
+
+    Every tile whose box overlaps the area's interior is included; a tile that only touches the
+    area's edge may be included or not. Memory holds one band of row spans at a time.
+    """
+    lv = _Level(scheme, level, area)
+    if lv.range is None:
+        return
+    oy, sy = scheme.origin_y, lv.span_y
+    for band, last_row, min_col, max_col in _bands(lv):
+        band_top = oy - max(band, lv.range[0]) * sy
+        band_bottom = oy - (last_row + 1) * sy
+        piece = shapely.clip_by_rect(lv.area, scheme.origin_x - 1e300, band_bottom, 1e300, band_top)
+        if piece.is_empty:
+            continue
+        by_bundle: dict[int, list[tuple[int, int, int]]] = {}
+        for row in range(max(band, lv.range[0]), last_row + 1):
+            for first, last in row_spans(lv, row, piece):
+                col = first
+                while col <= last:
+                    bundle_col = col // BUNDLE_SIZE * BUNDLE_SIZE
+                    end = min(last, bundle_col + BUNDLE_SIZE - 1)
+                    by_bundle.setdefault(bundle_col, []).append((row, col, end))
+                    col = end + 1
+        for bundle_col in sorted(by_bundle):
+            yield BundlePlan(level, band, bundle_col, tuple(by_bundle[bundle_col]))
+
+
+def count_level(scheme: TilingScheme, level: int, area: BaseGeometry) -> int:
+    """How many tiles :func:`plan_level` yields, without keeping them."""
+    return sum(plan.tile_count for plan in plan_level(scheme, level, area))
+
+
+def count_levels(scheme: TilingScheme, levels: Sequence[int], area: BaseGeometry) -> dict[int, int]:
+    return {level: count_level(scheme, level, area) for level in levels}
+
+
+def _tile_box(scheme: TilingScheme, level: int, row: int, col: int) -> Polygon:
+    return box(*scheme.tile_bounds(level, row, col))
