@@ -22,6 +22,7 @@ installs nothing. Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -179,6 +180,52 @@ def count_tiles(root: Path) -> tuple[int, dict[int, int]]:
     return sum(per_level.values()), dict(sorted(per_level.items()))
 
 
+def first_tile(root: Path, level: int) -> tuple[int, int] | None:
+    """(row, col) of one tile present at ``level`` under root, from the bundle indexes."""
+    for bundle in sorted(root.rglob(f"L{level:02d}/*.bundle")):
+        match = re.fullmatch(r"R([0-9a-fA-F]{4,})C([0-9a-fA-F]{4,})", bundle.stem)
+        if not match:
+            continue
+        with open(bundle, "rb") as f:
+            f.seek(64)
+            raw = f.read(16384 * 8)
+        for slot, (entry,) in enumerate(struct.iter_unpack("<Q", raw)):
+            if entry >> 40:
+                return int(match.group(1), 16) + slot // 128, int(match.group(2), 16) + slot % 128
+    return None
+
+
+def verify_with_gdal(cache: Path, level: int, tile: bytes) -> str:
+    """Read one written tile back through GDAL's ESRIC driver and compare it with the served tile.
+
+    An independent reader: if cacheorch wrote bundles GDAL cannot read, or put the tile at the wrong
+    place, tiles/s would be meaningless. Returns "" if fine, else why not; "" also when rasterio or
+    Pillow is not installed (the check is skipped, the JSON says so).
+    """
+    try:
+        import io
+
+        import numpy as np
+        import rasterio
+        from PIL import Image
+        from rasterio.windows import Window
+    except ImportError:
+        return ""
+    where = first_tile(cache, level)
+    if where is None:
+        return f"no tile at level {level} to verify"
+    row, col = where
+    expected = np.asarray(Image.open(io.BytesIO(tile)).convert("RGBA")).transpose(2, 0, 1)
+    try:
+        with rasterio.open(cache / "conf.xml") as ds:
+            got = ds.read(window=Window(col * 256, row * 256, 256, 256))
+    except Exception as exc:  # noqa: BLE001 - any GDAL failure is a failed verification
+        return f"GDAL cannot read the cache: {exc}"
+    if got.shape != expected.shape or not (got == expected).all():
+        return f"GDAL reads tile {level}/{row}/{col} differently from the served tile"
+    return ""
+
+
 # -- measured runs ---------------------------------------------------------------------------------
 
 @dataclass
@@ -284,7 +331,7 @@ def cacheorch_cmd(srv: Nginx, out: Path, levels: list[int], aoi: Path, workers: 
 
 
 def run_cacheorch(srv: Nginx, work: Path, levels: list[int], aoi: Path, workers: int, rnd: int,
-                  timeout: float, profile: Path | None = None) -> Run:
+                  timeout: float, profile: Path | None = None, verify: bytes | None = None) -> Run:
     out = work / f"cacheorch-w{workers}-{rnd}"
     out.mkdir()
     cmd = cacheorch_cmd(srv, out, levels, aoi, workers)
@@ -319,6 +366,8 @@ def run_cacheorch(srv: Nginx, work: Path, levels: list[int], aoi: Path, workers:
         run.error = "no --json report on stdout"
     elif run.reported_tiles != run.tiles:
         run.error = f"--json says {run.reported_tiles} tiles written, bundles hold {run.tiles}"
+    elif verify is not None:
+        run.error = verify_with_gdal(out / "out", max(levels), verify)
     return run
 
 
@@ -454,6 +503,7 @@ def _main(args: argparse.Namespace) -> int:
         "mapproxy_version": mapproxy_version(), "mapproxy_concurrency": args.concurrency,
         "cacheorch_workers": workers, "cpus": os.cpu_count(), "selection": "best round (highest tiles/s)",
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "gdal_check": all(importlib.util.find_spec(m) for m in ("rasterio", "PIL", "numpy")),
     }
     try:
         with Nginx(tile, bench_service_json(), cpu=args.nginx_cpu) as srv:
@@ -471,7 +521,7 @@ def _main(args: argparse.Namespace) -> int:
                         assert mapproxy_seed is not None
                         run = run_mapproxy(mapproxy_seed, srv, work, levels, aoi, n, rnd, args.timeout)
                     else:
-                        run = run_cacheorch(srv, work, levels, aoi, n, rnd, args.timeout)
+                        run = run_cacheorch(srv, work, levels, aoi, n, rnd, args.timeout, verify=tile)
                     runs.append(run)
                     if not args.json:
                         status = "ok" if run.ok else f"FAILED: {run.error}"

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 import shapely
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform
 
 from cacheorch.errors import AreaError
 from cacheorch.tiling import SpatialReference, TilingScheme
@@ -51,7 +52,7 @@ def project(geom: BaseGeometry, src: CRS, dst: CRS, what: str, densify: float | 
         geom = shapely.segmentize(geom, densify)
     fwd = _transformer(src, dst)
     try:
-        out = transform(fwd.transform, geom)
+        out = shapely.transform(geom, lambda xy: np.column_stack(fwd.transform(xy[:, 0], xy[:, 1])))
     except Exception as exc:  # pyproj raises several types for points outside a projection
         raise AreaError(f"{what}: cannot project into the service's spatial reference ({exc})") \
             from None

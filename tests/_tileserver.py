@@ -17,6 +17,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -48,6 +49,11 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, ssl.SSLError)):
+            return  # clients that hang up (cancelled, timed out, closed) are part of the tests
+        super().handle_error(request, client_address)
+
 
 class TileServer:
     """A threaded HTTP/1.1 server for one cached service at ``/arcgis/rest/services/<name>/MapServer``.
@@ -69,6 +75,9 @@ class TileServer:
     :param delay: seconds to sit on every tile request before answering (or key → seconds).
     :param drop_keepalive: close the connection after every response without saying so, the
         way an idle keep-alive timeout does, so a client's next request on it meets a dead socket.
+    :param reset_reused: when a second request arrives on a kept-alive connection, close it
+        without answering: an idle timeout that races the client's request (counted in
+        ``dropped``, not in ``requests``).
     :param ssl_context: serve HTTPS.
     """
 
@@ -81,7 +90,7 @@ class TileServer:
                  status: dict[Key, tuple[int, bytes]] | None = None,
                  retry_after: dict[Key, tuple[int, int, int]] | None = None,
                  chunked: Iterable[Key] = (), delay: float | dict[Key, float] = 0.0,
-                 drop_keepalive: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
+                 drop_keepalive: bool = False, reset_reused: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
         self.tiles = dict(tiles or {})
         self.default_tile = default_tile
         self.name, self.kind = name, kind
@@ -94,6 +103,9 @@ class TileServer:
         self.chunked = set(chunked)
         self.delay = delay
         self.drop_keepalive = drop_keepalive
+        self.reset_reused = reset_reused
+        #: Requests closed unanswered by ``reset_reused``.
+        self.dropped = 0
         self.ssl_context = ssl_context
         #: Requests per path (without the query string).
         self.requests: Counter[str] = Counter()
@@ -240,10 +252,17 @@ def _make_handler(server: TileServer) -> type[BaseHTTPRequestHandler]:
 
         def setup(self) -> None:
             super().setup()
+            self.served = 0
             with server._lock:
                 server.connections += 1
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.served += 1
+            if server.reset_reused and self.served > 1:
+                with server._lock:
+                    server.dropped += 1
+                self.close_connection = True
+                return
             parts = urlsplit(self.path)
             with server._lock:
                 server.requests[parts.path] += 1

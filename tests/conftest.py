@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import textwrap
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:  # shared test helpers (_tileserver, _gdal) import by bare name
@@ -61,3 +62,42 @@ def run_cli(*args: str) -> CliResult:
 @pytest.fixture
 def cli() -> Iterator[object]:
     yield run_cli
+
+
+def _install_fake_distribution(root: Path) -> None:
+    """A real distribution on sys.path: a module plus a dist-info with a `cacheorch` entry point."""
+    (root / "cacheorch_keepodd.py").write_text(textwrap.dedent('''
+        """A third-party policy: keep odd levels."""
+        from cacheorch import hookimpl
+        from cacheorch.interfaces import SelectionPolicy
+
+        class KeepOdd(SelectionPolicy):
+            """Keep odd levels only."""
+            name = "keep-odd"
+            def select(self, scheme, levels):
+                return [lod for lod in levels if lod.level % 2 == 1]
+
+        @hookimpl
+        def cacheorch_register_policies():
+            return [KeepOdd]
+    '''))
+    dist = root / "cacheorch_keepodd-1.2.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cacheorch-keepodd\nVersion: 1.2.3\n")
+    (dist / "entry_points.txt").write_text("[cacheorch]\nkeepodd = cacheorch_keepodd\n")
+    (dist / "top_level.txt").write_text("cacheorch_keepodd\n")
+
+
+@pytest.fixture
+def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "site"
+    root.mkdir()
+    _install_fake_distribution(root)
+    monkeypatch.syspath_prepend(str(root))
+    from cacheorch.pluginmanager import get_plugins
+    get_plugins.cache_clear()
+    yield root
+    get_plugins.cache_clear()
+    sys.modules.pop("cacheorch_keepodd", None)
+
+

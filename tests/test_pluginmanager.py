@@ -150,42 +150,6 @@ def test_hook_cacheorch_register_commands(capsys: pytest.CaptureFixture[str]) ->
     assert code == 0 and "hello from a plugin" in capsys.readouterr().out
 
 
-def _install_fake_distribution(root: Path) -> None:
-    """A real distribution on sys.path: a module plus a dist-info with a `cacheorch` entry point."""
-    (root / "cacheorch_keepodd.py").write_text(textwrap.dedent('''
-        """A third-party policy: keep odd levels."""
-        from cacheorch import hookimpl
-        from cacheorch.interfaces import SelectionPolicy
-
-        class KeepOdd(SelectionPolicy):
-            """Keep odd levels only."""
-            name = "keep-odd"
-            def select(self, scheme, levels):
-                return [lod for lod in levels if lod.level % 2 == 1]
-
-        @hookimpl
-        def cacheorch_register_policies():
-            return [KeepOdd]
-    '''))
-    dist = root / "cacheorch_keepodd-1.2.3.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: cacheorch-keepodd\nVersion: 1.2.3\n")
-    (dist / "entry_points.txt").write_text("[cacheorch]\nkeepodd = cacheorch_keepodd\n")
-    (dist / "top_level.txt").write_text("cacheorch_keepodd\n")
-
-
-@pytest.fixture
-def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    _install_fake_distribution(root)
-    monkeypatch.syspath_prepend(str(root))
-    get_plugins.cache_clear()
-    yield root
-    get_plugins.cache_clear()
-    sys.modules.pop("cacheorch_keepodd", None)
-
-
 def test_entry_point_plugin_is_listed_with_its_version(fake_distribution: Path, cli) -> None:
     import json
     result = cli("plugins", "--json")

@@ -19,6 +19,7 @@ from typing import Any
 
 from cacheorch.errors import FormatError
 from cacheorch.formats.bundle import (
+    BundleReader,
     HEADER_SIZE, bundle_name, decode_entry, index_slot, level_folder, parse_bundle_name, read_header,
 )
 from cacheorch.formats.confxml import COMPACT_V1, COMPACT_V2, EXPLODED, read_conf_cdi, read_conf_xml_info
@@ -178,6 +179,25 @@ class TileCache:
                 if parsed is not None:
                     keys.append((level, *parsed))
         yield from sorted(keys)
+
+    def bundle_tiles(self, level: int, bundle_row: int, bundle_col: int
+                     ) -> Iterator[tuple[int, int, bytes]]:
+        """(row, col, bytes) of every tile in one bundle, through its index (one index read)."""
+        where = self._locate((level, bundle_row, bundle_col))
+        if where is None:
+            return
+        if where.path is not None:
+            if not where.path.exists():
+                return
+            reader = BundleReader(where.path, bundle_row=bundle_row, bundle_col=bundle_col)
+        else:
+            handle = open(self.path, "rb")  # noqa: SIM115 - closed with the reader below
+            reader = BundleReader(handle, bundle_row=bundle_row, bundle_col=bundle_col,
+                                  base=where.base, length=where.length)
+        with reader:
+            yield from reader.tiles()
+        if where.path is None:
+            handle.close()
 
     # -- lifetime -----------------------------------------------------------------------------
 
