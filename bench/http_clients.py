@@ -135,9 +135,14 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-# -- the clients: each takes (URLs, in-flight) and returns the number of good tiles ----------
+# -- the clients ------------------------------------------------------------------------------
+# Each takes (URLs, in flight, consume) and calls consume(good) once per tile in the thread that
+# would hand tiles to the exporter; consume() may burn CPU to stand in for the rest of a pipeline.
 
-def run_requests(urls: list[str], inflight: int) -> int:
+Consume = Callable[[bool], None]
+
+
+def run_requests(urls: list[str], inflight: int, consume: Consume) -> None:
     import requests
     from requests.adapters import HTTPAdapter
     session = requests.Session()
@@ -148,12 +153,12 @@ def run_requests(urls: list[str], inflight: int) -> int:
         return r.status_code == 200 and is_image(r.content)
 
     with ThreadPoolExecutor(inflight) as pool:
-        ok = sum(pool.map(get, urls))
+        for good in pool.map(get, urls):
+            consume(good)
     session.close()
-    return ok
 
 
-def run_urllib3(urls: list[str], inflight: int) -> int:
+def run_urllib3(urls: list[str], inflight: int, consume: Consume) -> None:
     import urllib3
     http = urllib3.PoolManager(maxsize=inflight, block=True, retries=False)
 
@@ -162,53 +167,53 @@ def run_urllib3(urls: list[str], inflight: int) -> int:
         return r.status == 200 and is_image(r.data)
 
     with ThreadPoolExecutor(inflight) as pool:
-        ok = sum(pool.map(get, urls))
+        for good in pool.map(get, urls):
+            consume(good)
     http.clear()
-    return ok
 
 
-async def _aiohttp_main(urls: list[str], inflight: int, sink: Callable[[bool], None]) -> None:
+async def _aiohttp_main(urls: list[str], inflight: int, consume: Consume) -> None:
     import aiohttp
     it = iter(urls)
     connector = aiohttp.TCPConnector(limit=inflight)
+    # trust_env stays off: with it, aiohttp looks proxies (and .netrc) up on every request,
+    # which measured here at about +0.5 ms of CPU per tile.
     async with aiohttp.ClientSession(connector=connector) as session:
         async def worker() -> None:
             for url in it:
                 async with session.get(url) as r:
                     body = await r.read()
-                    sink(r.status == 200 and is_image(body))
+                    consume(r.status == 200 and is_image(body))
         await asyncio.gather(*(worker() for _ in range(inflight)))
 
 
-def run_aiohttp(urls: list[str], inflight: int) -> int:
-    ok = 0
-
-    def sink(good: bool) -> None:
-        nonlocal ok
-        ok += good
-    asyncio.run(_aiohttp_main(urls, inflight, sink))
-    return ok
+def run_aiohttp(urls: list[str], inflight: int, consume: Consume) -> None:
+    asyncio.run(_aiohttp_main(urls, inflight, consume))
 
 
-def run_aiohttp_thread(urls: list[str], inflight: int) -> int:
-    """aiohttp on a background loop feeding a queue: the other design considered for fetch.py."""
+def _through_queue(produce: Callable[[Consume], None], consume: Consume) -> None:
+    """Run ``produce`` on a background thread and consume its results here, via a queue."""
     q: queue.SimpleQueue = queue.SimpleQueue()
     done = object()
 
-    def loop_thread() -> None:
-        asyncio.run(_aiohttp_main(urls, inflight, q.put))
-        q.put(done)
-    t = threading.Thread(target=loop_thread)
+    def background() -> None:
+        try:
+            produce(q.put)
+        finally:
+            q.put(done)
+    t = threading.Thread(target=background)
     t.start()
-    ok = 0
     while (item := q.get()) is not done:
-        ok += item
+        consume(item)
     t.join()
-    return ok
 
 
-def run_cacheorch(urls: list[str], inflight: int) -> int:
-    """Our fetcher, through the TileFetcher interface the pipeline uses."""
+def run_aiohttp_thread(urls: list[str], inflight: int, consume: Consume) -> None:
+    """aiohttp on a background loop feeding a queue: one design considered for fetch.py."""
+    _through_queue(lambda put: asyncio.run(_aiohttp_main(urls, inflight, put)), consume)
+
+
+def _cacheorch_fetch(urls: list[str], inflight: int, consume: Consume) -> None:
     from cacheorch.connection import Connection
     from cacheorch.interfaces import Service
     from cacheorch.plugins.tiles_rest import RestTileSource
@@ -217,15 +222,27 @@ def run_cacheorch(urls: list[str], inflight: int) -> int:
     keys = (TileKey(*map(int, u.rsplit("/tile/", 1)[1].split("/"))) for u in urls)
     service = Service(location=base, scheme=web_mercator_scheme(19))
     with RestTileSource().open(service, Connection(), inflight) as fetcher:
-        return sum(r.status == "ok" for r in fetcher.fetch(keys))
+        for r in fetcher.fetch(keys):
+            consume(r.status == "ok")
 
 
-CLIENTS: dict[str, tuple[str, Callable[[list[str], int], int]]] = {
+def run_cacheorch(urls: list[str], inflight: int, consume: Consume) -> None:
+    """Our fetcher, through the TileFetcher interface the pipeline uses."""
+    _cacheorch_fetch(urls, inflight, consume)
+
+
+def run_cacheorch_thread(urls: list[str], inflight: int, consume: Consume) -> None:
+    """Our engine driven from a background thread feeding a queue: the design fetch.py rejected."""
+    _through_queue(lambda put: _cacheorch_fetch(urls, inflight, put), consume)
+
+
+CLIENTS: dict[str, tuple[str, Callable[[list[str], int, Consume], None]]] = {
     "requests": ("requests + ThreadPoolExecutor", run_requests),
     "urllib3": ("urllib3 PoolManager + threads", run_urllib3),
     "aiohttp": ("aiohttp (asyncio.run)", run_aiohttp),
     "aiohttp-thread": ("aiohttp, loop thread → queue", run_aiohttp_thread),
     "cacheorch": ("cacheorch.fetch (TileFetcher)", run_cacheorch),
+    "cacheorch-thread": ("cacheorch.fetch, thread → queue", run_cacheorch_thread),
 }
 
 
@@ -241,15 +258,29 @@ def tile_urls(base: str, n: int) -> list[str]:
     return urls[:n]
 
 
-def measure(name: str, urls: list[str], inflight: int, nginx_pid: int) -> tuple[float, float, float]:
+def measure(name: str, urls: list[str], inflight: int, nginx_pid: int, work_us: float
+            ) -> tuple[float, float, float]:
+    """(tiles/s, client CPU ms per tile, nginx CPU ms per tile) for one client and concurrency."""
     fn = CLIENTS[name][1]
-    fn(urls[:200], inflight)  # warm up: imports, connections, caches
+    good = 0
+    spin = work_us / 1e6
+
+    def consume(ok: bool) -> None:
+        nonlocal good
+        good += ok
+        if spin:
+            end = time.perf_counter() + spin
+            while time.perf_counter() < end:
+                pass
+
+    fn(urls[:200], inflight, consume)  # warm up: imports, connections, caches
+    good = 0
     cpu0, wall0, srv0 = time.process_time(), time.perf_counter(), proc_cpu(nginx_pid)
-    ok = fn(urls, inflight)
+    fn(urls, inflight, consume)
     wall, cpu, srv = (time.perf_counter() - wall0, time.process_time() - cpu0,
                       proc_cpu(nginx_pid) - srv0)
-    if ok != len(urls):
-        raise SystemExit(f"{name}: only {ok} of {len(urls)} tiles were good")
+    if good != len(urls):
+        raise SystemExit(f"{name}: only {good} of {len(urls)} tiles were good")
     n = len(urls)
     return n / wall, cpu / n * 1000, srv / n * 1000
 
@@ -261,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clients", default=",".join(CLIENTS), help="comma list of " + ", ".join(CLIENTS))
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the median is shown")
     ap.add_argument("--no-pin", action="store_true", help="do not pin client and nginx to CPUs 0/1")
+    ap.add_argument("--work-us", type=float, default=0.0,
+                    help="CPU µs the consumer burns per tile, standing in for the exporter")
     args = ap.parse_args(argv)
     names = [c.strip() for c in args.clients.split(",") if c.strip()]
     for name in names:
@@ -272,22 +305,32 @@ def main(argv: list[str] | None = None) -> None:
         os.sched_setaffinity(0, {0})
     with tempfile.TemporaryDirectory(prefix="cacheorch-bench-") as tmp, \
             nginx(Path(tmp), 1 if pin else None) as (base, nginx_pid):
+        load0 = os.getloadavg()
         tile = Path(tmp, "tile.png").stat().st_size
         urls = tile_urls(base, args.n)
         print(f"nginx {base}  tile {tile:,} bytes  {len(urls):,} distinct tiles (levels 10-12)  "
               f"{'client on CPU 0, nginx on CPU 1' if pin else 'not pinned'}  "
-              f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+              f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+              + (f"  consumer burns {args.work_us:g} µs/tile" if args.work_us else ""))
+        # Rounds interleave the clients, so a burst of load elsewhere on the machine hits all
+        # of them alike; each cell shows the median over rounds.
+        cells: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+        for rnd in range(args.repeat):
+            for name in names:
+                for inflight in levels:
+                    m = measure(name, urls, inflight, nginx_pid, args.work_us)
+                    cells.setdefault((name, inflight), []).append(m)
+                    print(f"  round {rnd + 1}: {name} x{inflight}: {m[0]:,.0f} tiles/s, "
+                          f"{m[1]:.3f} ms CPU/tile", file=sys.stderr, flush=True)
+        print(f"load average before/after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f}")
         print()
         print("| client | in flight | tiles/s | client CPU ms/tile | nginx CPU ms/tile |")
         print("|---|---:|---:|---:|---:|")
-        for name in names:
-            for inflight in levels:
-                runs = [measure(name, urls, inflight, nginx_pid) for _ in range(args.repeat)]
-                rate = statistics.median(r[0] for r in runs)
-                cpu = statistics.median(r[1] for r in runs)
-                srv = statistics.median(r[2] for r in runs)
-                print(f"| {CLIENTS[name][0]} | {inflight} | {rate:,.0f} | {cpu:.3f} | {srv:.3f} |",
-                      flush=True)
+        for (name, inflight), runs in cells.items():
+            rate = statistics.median(r[0] for r in runs)
+            cpu = statistics.median(r[1] for r in runs)
+            srv = statistics.median(r[2] for r in runs)
+            print(f"| {CLIENTS[name][0]} | {inflight} | {rate:,.0f} | {cpu:.3f} | {srv:.3f} |")
 
 
 if __name__ == "__main__":

@@ -414,7 +414,7 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
 def print_table(summary: list[dict[str, Any]], runs: list[Run], meta: dict[str, Any]) -> None:
     print(f"levels {meta['levels']} in {meta['aoi']}; tile {meta['tile_bytes']:,} B; "
           f"{meta['rounds']} round(s), best round shown; {os.cpu_count()} CPUs, "
-          f"load average before {meta['load_average_before'][0]:.2f}")
+          f"load average before {meta['load_average_before'][0]:.2f}, after {meta['load_average_after'][0]:.2f}")
     if meta.get("wrk_requests_per_s"):
         print(f"nginx ceiling (wrk -t1 -c16): {meta['wrk_requests_per_s']:,.0f} requests/s")
     head = f"{'tool':<10} {'setting':<13} {'tiles':>7} {'seconds':>8} {'tiles/s':>8} {'CPU ms/tile':>11} " \
@@ -463,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, default=None, help="keep configs and outputs in this folder")
     ap.add_argument("--profile", type=Path, default=None,
                     help="run cacheorch once more under py-spy and write this file (.svg, .json, .txt)")
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                    help="first wait up to SECONDS for the 1-minute load average to drop below 1")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args(argv)
     try:
@@ -496,6 +498,12 @@ def _main(args: argparse.Namespace) -> int:
         work = Path(tempfile.mkdtemp(prefix="seed-vs-mapproxy-", dir=args.keep))
     else:
         work = Path(tempfile.mkdtemp(prefix="seed-vs-mapproxy-"))
+    deadline = time.monotonic() + args.wait_idle
+    while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
+        time.sleep(5)
+    if os.getloadavg()[0] >= 1.0:
+        print(f"warning: load average {os.getloadavg()[0]:.2f} before the run: other work on the machine "
+              "skews the figures", file=sys.stderr)
     tile = bench_tile()
     runs: list[Run] = []
     meta: dict[str, Any] = {
@@ -539,6 +547,7 @@ def _main(args: argparse.Namespace) -> int:
             shutil.rmtree(work, ignore_errors=True)
         else:
             meta["kept"] = str(work)
+    meta["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     summary = summarize(runs)
     if args.json:
         print(json.dumps({"meta": meta, "summary": summary, "runs": [r.to_json() for r in runs]}, indent=1))

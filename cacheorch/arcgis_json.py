@@ -11,7 +11,11 @@ from cacheorch.errors import NotCachedError, SchemeError, ServiceError
 from cacheorch.interfaces import Service
 from cacheorch.tiling import Envelope, LevelOfDetail, SpatialReference, TilingScheme
 
-__all__ = ["scheme_from_tile_info", "service_from_json", "arcgis_error"]
+__all__ = ["scheme_from_tile_info", "service_from_json", "arcgis_error", "storage_format",
+           "service_name"]
+
+#: The data-frame name ArcMap/Pro give a map nobody renamed; it says nothing about the service.
+_DEFAULT_MAP_NAME = "Layers"
 
 
 def arcgis_error(data: Any) -> tuple[int | None, str] | None:
@@ -53,9 +57,13 @@ def scheme_from_tile_info(tile_info: dict[str, Any], where: str, *, units: str =
     for i, lod in enumerate(lods_json):
         if not isinstance(lod, dict):
             raise SchemeError(f"{where}: lods[{i}] is not an object")
-        level = lod.get("level", i)
+        level = _number(lod.get("level", i), f"lods[{i}].level", where)
+        if level != int(level):
+            raise SchemeError(f"{where}: lods[{i}].level is {lod.get('level')!r}, not a whole number")
         lods.append(LevelOfDetail(int(level), _number(lod.get("scale"), f"lods[{i}].scale", where),
                                   _number(lod.get("resolution"), f"lods[{i}].resolution", where)))
+    if not isinstance(origin, dict):
+        raise SchemeError(f"{where}: tileInfo.origin is not an object")
     sr = SpatialReference.from_json(tile_info.get("spatialReference"))
     return TilingScheme(
         origin_x=_number(origin.get("x"), "origin.x", where),
@@ -69,11 +77,33 @@ def scheme_from_tile_info(tile_info: dict[str, Any], where: str, *, units: str =
     )
 
 
-def _service_name(location: str, data: dict[str, Any]) -> str:
-    parts = [p for p in location.rstrip("/").split("/") if p]
+def service_name(location: str, data: dict[str, Any]) -> str:
+    """The name people know the service by: mapName, else documentInfo Title, else the URL's.
+
+    ``Layers`` is the default data-frame name, so it only wins when nothing better is known.
+    """
+    map_name = str(data.get("mapName") or "").strip()
+    if map_name and map_name != _DEFAULT_MAP_NAME:
+        return map_name
+    doc = data.get("documentInfo")
+    title = str(doc.get("Title") or "").strip() if isinstance(doc, dict) else ""
+    if title:
+        return title
+    parts = [p for p in location.split("?")[0].rstrip("/").split("/") if p]
     if len(parts) >= 2 and parts[-1].lower() in ("mapserver", "imageserver"):
         return parts[-2]
-    return str(data.get("mapName") or data.get("name") or (parts[-1] if parts else "service"))
+    return str(data.get("name") or map_name or (parts[-1] if parts else "service"))
+
+
+def storage_format(data: dict[str, Any]) -> str | None:
+    """``esriMapCacheStorageMode…`` from ``storageInfo`` (11.1+) or ``tileInfo`` (hosted), if told.
+
+    Older servers say neither (spec §10.7): None then means "unknown, use /tile".
+    """
+    for holder in (data.get("storageInfo"), data.get("tileInfo")):
+        if isinstance(holder, dict) and isinstance(holder.get("storageFormat"), str):
+            return holder["storageFormat"] or None
+    return None
 
 
 def service_from_json(location: str, data: Any) -> Service:
@@ -82,7 +112,7 @@ def service_from_json(location: str, data: Any) -> Service:
         raise ServiceError(f"{location}: the service JSON is not an object")
     kind = "ImageServer" if "/imageserver" in location.lower() else "MapServer"
     tile_info = data.get("tileInfo")
-    if not tile_info:
+    if not isinstance(tile_info, dict) or not tile_info:
         raise NotCachedError(f"{location} is not a cached map service (no tileInfo)")
     sr_json = tile_info.get("spatialReference") or data.get("spatialReference")
     if not tile_info.get("spatialReference") and sr_json:
@@ -97,16 +127,17 @@ def service_from_json(location: str, data: Any) -> Service:
         full_extent=Envelope.from_json(data.get("fullExtent")),
         initial_extent=Envelope.from_json(data.get("initialExtent")),
         min_lod=lod_bound("minLOD"), max_lod=lod_bound("maxLOD"),
-        name=_service_name(location, data))
+        name=str(data.get("mapName") or _DEFAULT_MAP_NAME))
     capabilities = frozenset(c.strip() for c in str(data.get("capabilities") or "").split(",")
                              if c.strip())
     servers = tuple(s for s in (data.get("tileServers") or []) if isinstance(s, str) and s)
     max_export = data.get("maxExportTilesCount")
     return Service(
-        location=location, scheme=scheme, kind=kind, name=_service_name(location, data),
+        location=location, scheme=scheme, kind=kind, name=service_name(location, data),
         capabilities=capabilities, tile_servers=servers,
         export_tiles_allowed=bool(data.get("exportTilesAllowed", False)),
-        max_export_tiles_count=int(max_export) if isinstance(max_export, (int, float)) else None,
+        max_export_tiles_count=int(max_export) if isinstance(max_export, (int, float))
+        and not isinstance(max_export, bool) else None,
         description=str(data.get("serviceDescription") or data.get("description") or ""),
         copyright=str(data.get("copyrightText") or ""),
     )

@@ -200,7 +200,7 @@ class _Conn(asyncio.Protocol):
         try:
             if self.state == _HEAD:
                 data = self._head(data)
-                if self.state == _HEAD or not data and self.state != _DONE:
+                if self.state == _HEAD or (not data and self.state != _DONE):
                     return
             if self.state == _FIXED:
                 self.chunks.append(data)
@@ -389,7 +389,8 @@ class _Origin:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.base = base
         default_port = self.port == (443 if self.scheme == "https" else 80)
-        host_text = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host if self.host.isascii() else self.host.encode("idna").decode("ascii")
+        host_text = f"[{host}]" if ":" in host else host
         host_header = host_text if default_port else f"{host_text}:{self.port}"
         self.idle: list[_Conn] = []
         self.absolute = False
@@ -409,9 +410,8 @@ class _Origin:
             else:
                 self.absolute = True
         extra = self.proxy_auth if self.absolute else b""
-        self.header_block = (b" HTTP/1.1\r\nHost: " + host_header.encode("idna" if not host_header.isascii()
-                                                                          else "ascii")
-                             + b"\r\n" + header_block + extra + b"\r\n")
+        self.header_block = (b" HTTP/1.1\r\nHost: " + host_header.encode("ascii") + b"\r\n"
+                             + header_block + extra + b"\r\n")
 
 
 def _proxy_for(scheme: str, host: str, trust_env: bool) -> str | None:
@@ -524,7 +524,7 @@ class TileFetchEngine:
     # -- the caller's side --------------------------------------------------------------
 
     def fetch(self, requests: Iterable[tuple[T, str]],
-              result: Callable[[T, Status, bytes | None, str | None], R] = FetchResult
+              result: Callable[[T, Status, bytes | None, str | None], R] = FetchResult,  # type: ignore[assignment]
               ) -> Iterator[R]:
         """Yield ``result(tag, status, data, error)`` for each ``(tag, url)``, as they complete.
 
@@ -858,6 +858,9 @@ class TileFetchEngine:
             origin.idle.append(conn)
         else:
             conn.abort()
+        encoding = resp.headers.get(b"content-encoding")
+        if encoding is not None and resp.body:
+            resp.body = _decode(encoding, resp.body)
         return resp
 
     def _origin(self, base: str) -> _Origin:
@@ -895,7 +898,7 @@ class TileFetchEngine:
         except TimeoutError:
             conn.abort()
             raise _AttemptError(f"timed out connecting to {where}") from None
-        except _AttemptError:
+        except (_AttemptError, asyncio.CancelledError):
             conn.abort()
             raise
         except OSError as e:
@@ -916,6 +919,24 @@ class TileFetchEngine:
         conn.fut = None
         transport = await loop.start_tls(conn.transport, conn, ssl_ctx, server_hostname=origin.host)
         conn.transport = transport  # type: ignore[assignment]
+
+
+def _decode(encoding: bytes, body: bytes) -> bytes:
+    """The body without its Content-Encoding (we ask for none, but some servers gzip anyway)."""
+    name = encoding.strip().lower()
+    if name in (b"", b"identity"):
+        return body
+    try:
+        if name in (b"gzip", b"x-gzip"):
+            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        if name == b"deflate":  # zlib-wrapped per the RFC; raw deflate in practice, too
+            try:
+                return zlib.decompress(body)
+            except zlib.error:
+                return zlib.decompress(body, -zlib.MAX_WBITS)
+    except zlib.error as e:
+        raise _AttemptError(f"corrupt {name.decode('latin-1')} body: {e}") from None
+    raise _AttemptError(f"unsupported Content-Encoding {name.decode('latin-1')!r}", retry=False)
 
 
 def _arcgis_error(body: bytes) -> tuple[int | None, str] | None:

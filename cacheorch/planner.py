@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import shapely
-from shapely.geometry import Polygon, box
+from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from cacheorch.tiling import BUNDLE_SIZE, TileKey, TilingScheme
 
-__all__ = ["BundlePlan", "plan_level", "count_level", "row_spans"]
+__all__ = ["BundlePlan", "plan_level", "count_level", "count_levels"]
 
 #: Fraction of a tile by which an edge may overshoot a tile boundary and still not pull it in.
 _EDGE = 1e-9
@@ -77,7 +77,8 @@ class _Level:
         self.size = scheme.grid_size(level)
         self.range = None if area.is_empty else scheme.tile_range(level, area.bounds)
 
-    def col_span(self, xmin: float, xmax: float) -> tuple[int, int] | None:
+    def col_span(self, xmin: float, xmax: float) -> tuple[int, int]:
+        """Columns whose tiles meet the open x-interval; an edge on a tile line adds no column."""
         ox, span = self.scheme.origin_x, self.span_x
         first = max(math.floor((xmin - ox) / span + _EDGE), 0)
         last = math.ceil((xmax - ox) / span - _EDGE) - 1
@@ -87,14 +88,15 @@ class _Level:
             last = first = max(math.floor((xmin - ox) / span), 0)
         return (first, last)
 
-    def tile_boxes(self, row: int, first: int, last: int) -> np.ndarray:
+    def tile_boxes_at(self, row: int, cols: np.ndarray) -> np.ndarray:
+        """Shapely boxes of the tiles of ``row`` at columns ``cols`` (vectorised)."""
         ox, oy = self.scheme.origin_x, self.scheme.origin_y
-        cols = np.arange(first, last + 1, dtype=float)
+        cols = np.asarray(cols, dtype=float)
         return shapely.box(ox + cols * self.span_x, oy - (row + 1) * self.span_y,
                            ox + (cols + 1) * self.span_x, oy - row * self.span_y)
 
 
-def row_spans(lv: _Level, row: int, band_piece: BaseGeometry) -> list[tuple[int, int]]:
+def _row_spans(lv: _Level, row: int, band_piece: BaseGeometry) -> list[tuple[int, int]]:
     """Column intervals of ``row`` whose tiles meet the interior of the area."""
     oy, sy = lv.scheme.origin_y, lv.span_y
     top, bottom = oy - row * sy, oy - (row + 1) * sy
@@ -107,19 +109,44 @@ def row_spans(lv: _Level, row: int, band_piece: BaseGeometry) -> list[tuple[int,
             continue
         xmin, _, xmax, _ = part.bounds
         span = lv.col_span(xmin, xmax)
-        if span is None:
-            continue
         if not part.interiors:
             spans.append(span)
             continue
-        # A hole can swallow whole tiles: keep only the tiles whose box meets the part's interior.
-        boxes = lv.tile_boxes(row, *span)
-        shapely.prepare(part)
-        inter = shapely.intersection(boxes, part)
-        keep = shapely.area(inter) > 0
-        cols = np.nonzero(keep)[0] + span[0]
-        spans.extend((int(c), int(c)) for c in cols)
+        spans.extend(_around_holes(lv, row, part, span))
     return _merge(spans)
+
+
+def _around_holes(lv: _Level, row: int, part: Polygon, span: tuple[int, int]
+                  ) -> list[tuple[int, int]]:
+    """The tiles of ``span`` that meet ``part``'s interior, testing only the columns under a hole.
+
+    A column outside every hole's x-extent meets the part (a connected part crosses every
+    vertical line of its span), so only those under holes are tested, against a prepared
+    geometry: "intersects but does not merely touch" is "the interiors meet".
+    """
+    first, last = span
+    under = np.zeros(last - first + 1, dtype=bool)
+    for hole in part.interiors:
+        hxmin, _, hxmax, _ = hole.bounds
+        lo, hi = lv.col_span(hxmin, hxmax)
+        lo, hi = max(lo, first), min(hi, last)
+        if lo <= hi:
+            under[lo - first:hi - first + 1] = True
+    cols = np.nonzero(under)[0] + first
+    keep = np.ones(last - first + 1, dtype=bool)
+    if cols.size:
+        boxes = lv.tile_boxes_at(row, cols)
+        shapely.prepare(part)
+        meets = shapely.intersects(part, boxes) & ~shapely.touches(part, boxes)
+        keep[cols - first] = meets
+    out: list[tuple[int, int]] = []
+    for col in np.nonzero(keep)[0] + first:
+        col = int(col)
+        if out and out[-1][1] == col - 1:
+            out[-1] = (out[-1][0], col)
+        else:
+            out.append((col, col))
+    return out
 
 
 def _bands(lv: _Level) -> Iterator[tuple[int, int, int, int]]:
@@ -149,7 +176,7 @@ def plan_level(scheme: TilingScheme, level: int, area: BaseGeometry) -> Iterator
             continue
         by_bundle: dict[int, list[tuple[int, int, int]]] = {}
         for row in range(max(band, lv.range[0]), last_row + 1):
-            for first, last in row_spans(lv, row, piece):
+            for first, last in _row_spans(lv, row, piece):
                 col = first
                 while col <= last:
                     bundle_col = col // BUNDLE_SIZE * BUNDLE_SIZE
@@ -166,8 +193,6 @@ def count_level(scheme: TilingScheme, level: int, area: BaseGeometry) -> int:
 
 
 def count_levels(scheme: TilingScheme, levels: Sequence[int], area: BaseGeometry) -> dict[int, int]:
+    """Tile counts of several levels sharing one area."""
     return {level: count_level(scheme, level, area) for level in levels}
 
-
-def _tile_box(scheme: TilingScheme, level: int, row: int, col: int) -> Polygon:
-    return box(*scheme.tile_bounds(level, row, col))

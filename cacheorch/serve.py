@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -239,7 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
         keep = b"" if not self.close_connection else b"Connection: close\r\n"
         self.wfile.write(b"".join((
             head, b"Content-Type: ", content_type, b"\r\nContent-Length: ", str(len(body)).encode(),
-            b"\r\n", _CORS, keep, b"\r\n", b"" if head_only else body)))
+            b"\r\n", _CORS, keep, b"\r\n", body)))
 
     def _not_found(self, body: bytes, head_only: bool) -> None:
         self.wfile.write(b"".join((
@@ -293,13 +294,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._route(True)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol errors (bad request line, 501, 431...) as ArcGIS error JSON, then hang up."""
+        self.close_connection = True
+        try:
+            reason = HTTPStatus(code).phrase
+        except ValueError:
+            reason = "Error"
+        extra = b"Allow: GET, HEAD\r\n" if code in (405, 501) else b""
+        body = _error_body(code, message or reason)
+        self.wfile.write(b"".join((
+            f"HTTP/1.1 {code} {reason}\r\n".encode(), extra, b"Content-Type: application/json\r\n"
+            b"Content-Length: ", str(len(body)).encode(), b"\r\nConnection: close\r\n\r\n", body)))
+
     def _refuse(self) -> None:
         # The request body is not read, so the connection cannot carry another request.
-        self.close_connection = True
-        body = _error_body(405, f"Method {self.command} not allowed; use GET or HEAD")
-        self.wfile.write(b"".join((
-            b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Type: application/json\r\n"
-            b"Content-Length: ", str(len(body)).encode(), b"\r\nConnection: close\r\n\r\n", body)))
+        self.send_error(405, f"Method {self.command} not allowed; use GET or HEAD")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse  # noqa: N815
 

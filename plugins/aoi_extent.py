@@ -21,11 +21,9 @@ class ExtentArea(AOIGenerator):
         if which not in ("full", "initial"):
             raise AreaError(f"extent:{spec}: expected extent, extent:full or extent:initial")
         env = scheme.full_extent if which == "full" else scheme.initial_extent
-        if env is None:
-            grid = scheme.grid_bounds()
-            if grid is None:
-                raise AreaError(f"{service.location} gives no {which} extent; name an area with --aoi")
-            return rectangle(*grid)
+        if env is None:  # the whole grid would be a guess, and on a world cache a huge one
+            raise AreaError(f"{service.location} gives no {which} extent; name an area with --aoi "
+                            "(bbox:xmin,ymin,xmax,ymax[@wkid] or a GeoJSON file)")
         geom = rectangle(*env.bounds)
         if env.spatial_reference is not None and (env.spatial_reference.epsg or env.spatial_reference.wkt) \
                 and env.spatial_reference.epsg != scheme.spatial_reference.epsg:

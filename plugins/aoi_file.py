@@ -5,6 +5,8 @@ import json
 import os
 from typing import Any
 
+import shapely
+import shapely.errors
 from shapely.geometry import shape
 
 from cacheorch import hookimpl
@@ -60,13 +62,15 @@ class FileArea(AOIGenerator):
             if not isinstance(geom, dict) or geom.get("type") not in ("Polygon", "MultiPolygon"):
                 continue
             try:
-                shapes.append(shape(geom))
-            except (ValueError, TypeError, AttributeError, IndexError) as exc:
+                polygon = shape(geom)
+            except (ValueError, TypeError, AttributeError, IndexError, KeyError,
+                    shapely.errors.ShapelyError) as exc:
                 raise AreaError(f"{name}: malformed {geom.get('type')} ({exc})") from None
+            if not polygon.is_empty:  # repair first: a union of invalid rings can fail in GEOS
+                shapes.append(shapely.make_valid(polygon) if not polygon.is_valid else polygon)
         if not shapes:
             raise AreaError(f"{name} has no polygon")
-        from shapely import union_all
-        geom = polygonal(union_all(shapes), name)
+        geom = polygonal(shapely.union_all(shapes), name)
         xmin, ymin, xmax, ymax = geom.bounds
         if not (-180 <= xmin and xmax <= 180 and -90 <= ymin and ymax <= 90):
             raise AreaError(f"{name}: coordinates are not longitude/latitude (GeoJSON is WGS84); "

@@ -46,7 +46,7 @@ class SnapPolicy(SelectionPolicy):
         for scale in self.wanted():
             lod = scheme.level_for_scale(scale)
             if lod is None:
-                nearest = sorted(scheme.lods, key=lambda l: abs(l.scale - scale))[:2]
+                nearest = sorted(sorted(scheme.lods, key=lambda l: abs(l.scale - scale))[:2])
                 names = ", ".join(f"level {l.level} ({l.scale:.6f})" for l in nearest)
                 raise LevelError(f"scale {scale:g} matches no level; nearest: {names}")
             keep.add(lod.level)

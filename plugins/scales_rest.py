@@ -1,7 +1,6 @@
 """The ``rest`` scale source: a MapServer or ImageServer's ``?f=json`` and its ``tileInfo``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -28,11 +27,6 @@ class RestScaleSource(ScaleSource):
 
     name = "rest"
 
-    @dataclass
-    class Options:
-        #: Seconds to wait for the service JSON.
-        timeout: float = 30.0
-
     @classmethod
     def accepts(cls, location: str) -> bool:
         return location.lower().startswith(("http://", "https://"))
@@ -42,9 +36,9 @@ class RestScaleSource(ScaleSource):
         shown = connection.redact(url)
         try:
             response = connection.session.get(url, params=connection.params(f="json"),
-                                              timeout=self.options.timeout)
+                                              timeout=connection.timeout)
         except requests.exceptions.Timeout:
-            raise ServiceError(f"{shown}: no answer within {self.options.timeout:g} s") from None
+            raise ServiceError(f"{shown}: no answer within {connection.timeout:g} s") from None
         except requests.exceptions.ConnectionError as exc:
             reason = str(exc.args[0] if exc.args else exc).split(":")[-1].strip(" )'\"") or "refused"
             raise ServiceError(f"cannot reach {shown}: {connection.redact(reason)}") from None
@@ -55,12 +49,14 @@ class RestScaleSource(ScaleSource):
         except ValueError:
             data = None
         error = arcgis_error(data)
-        if error is not None or response.status_code in _AUTH_CODES:
-            code, message = error if error is not None else (response.status_code, "")
+        if error is not None:  # ArcGIS answers errors with HTTP 200 and an error body
+            code, message = error
             if code in _AUTH_CODES:
-                raise AuthError(f"{shown}: {_AUTH_CODES[code]} (ArcGIS error {code})"
-                                + (f": {connection.redact(message)}" if message else ""))
-            raise ServiceError(f"{shown}: ArcGIS error {code}: {connection.redact(message)}")
+                raise AuthError(f"{shown}: {_AUTH_CODES[code]} (ArcGIS error {code})")
+            raise ServiceError(f"{shown}: ArcGIS error {code}: "
+                               f"{connection.redact(message) or 'no message'}")
+        if response.status_code in (401, 403):
+            raise AuthError(f"{shown}: access denied (HTTP {response.status_code})")
         if response.status_code >= 400:
             raise ServiceError(f"{shown}: HTTP {response.status_code} {response.reason}")
         if data is None:

@@ -6,7 +6,7 @@ engine settings; the HTTP work (concurrency, retries, classification of answers)
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["RestTileSource", "RestTileFetcher", "tile_url_maker", "cacheorch_register_tile_sources"]
 
 
-def tile_url_maker(service: Service, connection: Connection):  # noqa: ANN201 - a closure
+def tile_url_maker(service: Service, connection: Connection) -> Callable[[TileKey], str]:
     """A function ``key → URL`` for ``service``, spreading rows over ``tileServers``.
 
     Why ``row % n``: ArcGIS Online lists several tile hosts that serve the same cache; browsers

@@ -11,6 +11,7 @@ mocks. Everything binds 127.0.0.1 on port 0.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import select
 import shutil
@@ -72,6 +73,9 @@ class TileServer:
     :param retry_after: key → (status, seconds, times): 429/503 with ``Retry-After`` ``times``
         times, then the tile.
     :param chunked: keys sent with ``Transfer-Encoding: chunked`` (in small chunks).
+    :param redirect: key → Location: a 302 to that URL (absolute or relative).
+    :param no_length: keys answered without Content-Length, ended by closing the connection.
+    :param gzipped: keys sent with ``Content-Encoding: gzip`` (unasked, as some servers do).
     :param delay: seconds to sit on every tile request before answering (or key → seconds).
     :param drop_keepalive: close the connection after every response without saying so, the
         way an idle keep-alive timeout does, so a client's next request on it meets a dead socket.
@@ -89,8 +93,10 @@ class TileServer:
                  truncated: Iterable[Key] = (), json_error: dict[Key, tuple[int, str]] | None = None,
                  status: dict[Key, tuple[int, bytes]] | None = None,
                  retry_after: dict[Key, tuple[int, int, int]] | None = None,
-                 chunked: Iterable[Key] = (), delay: float | dict[Key, float] = 0.0,
-                 drop_keepalive: bool = False, reset_reused: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
+                 chunked: Iterable[Key] = (), redirect: dict[Key, str] | None = None,
+                 no_length: Iterable[Key] = (), gzipped: Iterable[Key] = (),
+                 delay: float | dict[Key, float] = 0.0, drop_keepalive: bool = False,
+                 reset_reused: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
         self.tiles = dict(tiles or {})
         self.default_tile = default_tile
         self.name, self.kind = name, kind
@@ -101,6 +107,9 @@ class TileServer:
         self.status = dict(status or {})
         self.retry_after = dict(retry_after or {})
         self.chunked = set(chunked)
+        self.gzipped = set(gzipped)
+        self.redirect = dict(redirect or {})
+        self.no_length = set(no_length)
         self.delay = delay
         self.drop_keepalive = drop_keepalive
         self.reset_reused = reset_reused
@@ -174,6 +183,8 @@ class TileServer:
         if delay:
             time.sleep(delay)
         tile = self.tiles.get(key, self.default_tile)
+        if key in self.redirect:
+            return self._send(h, 302, b"", "text/html", {"Location": self.redirect[key]})
         if key in self.missing:
             return self._send(h, 404, HTML_404, "text/html")
         if key in self.fail_always or (key in self.fail_once and seen == 1):
@@ -217,6 +228,17 @@ class TileServer:
                 h.wfile.flush()
             h.wfile.write(b"0\r\nX-Trailer: yes\r\n\r\n")
             return None
+        if key in self.no_length:
+            h.send_response(200)
+            h.send_header("Content-Type", "image/png")
+            h.send_header("Connection", "close")
+            h.end_headers()
+            h.wfile.write(tile)
+            h.close_connection = True
+            return None
+        if key in self.gzipped:
+            return self._send(h, 200, gzip.compress(tile), _content_type(tile),
+                              {"Content-Encoding": "gzip"})
         return self._send(h, 200, tile, _content_type(tile))
 
     def _key(self, path: str) -> Key | None:
@@ -249,6 +271,9 @@ def _make_handler(server: TileServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = 10
+        # headers and body are two writes; without this, Nagle's algorithm holds the body until
+        # the client's delayed ACK (~40 ms), which would make every request look slow
+        disable_nagle_algorithm = True
 
         def setup(self) -> None:
             super().setup()

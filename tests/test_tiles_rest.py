@@ -163,6 +163,33 @@ def test_chunked_transfer_encoding() -> None:
     assert again.data == served[(7, 5, 5)]
 
 
+def test_redirects_are_followed_and_bounded() -> None:
+    served = tiles_for([(2, 0, 0)])
+    with TileServer(served) as target, TileServer(redirect={
+            (2, 0, 0): target.url + "/tile/2/0/0",
+            (2, 0, 1): "/arcgis/rest/services/Test/MapServer/tile/2/0/1"}) as srv, \
+            open_rest(srv.url) as fetcher:
+        got = by_key(fetcher.fetch(keys((2, 0, 0), (2, 0, 1))))
+    assert got[(2, 0, 0)].status == "ok" and got[(2, 0, 0)].data == served[(2, 0, 0)]
+    assert got[(2, 0, 1)].status == "failed" and got[(2, 0, 1)].error == "more than 5 redirects"
+
+
+def test_body_ended_by_close_and_image_server() -> None:
+    served = tiles_for([(3, 2, 1), (3, 2, 2)], size=48)
+    with TileServer(served, kind="ImageServer", no_length={(3, 2, 1)}) as srv, \
+            open_rest(srv.url) as fetcher:
+        assert srv.url.endswith("/ImageServer")
+        got = by_key(fetcher.fetch(keys((3, 2, 1), (3, 2, 2))))
+    assert all(got[k].status == "ok" and got[k].data == served[k] for k in served)
+
+
+def test_gzip_content_encoding_is_decoded() -> None:
+    served = tiles_for([(7, 1, 1)], size=64)
+    with TileServer(served, gzipped={(7, 1, 1)}) as srv, open_rest(srv.url) as fetcher:
+        (r,) = fetcher.fetch(keys((7, 1, 1)))
+    assert r.status == "ok" and r.data == served[(7, 1, 1)]
+
+
 def test_retry_after_is_honoured_and_bounded() -> None:
     served = tiles_for([(4, 0, 0), (4, 0, 1)])
     with TileServer(served, retry_after={(4, 0, 0): (429, 1, 1), (4, 0, 1): (503, 30, 1)}) as srv:
@@ -225,7 +252,7 @@ def test_token_as_query_parameter_and_headers_sent() -> None:
         got = by_key(fetcher.fetch(keys((2, 1, 0), (2, 1, 1))))
     assert all(r.status == "ok" for r in got.values())
     assert len(srv.log) == 2
-    for path, query, headers in srv.log:
+    for _path, query, headers in srv.log:
         assert query == {"token": [TOKEN]}
         assert headers["Referer"] == "https://app.example/map"
         assert headers["User-Agent"].startswith("cacheorch/")
@@ -347,7 +374,7 @@ def test_two_threads_share_one_engine() -> None:
     with TileServer(served, delay=0.002) as srv, TileFetchEngine(workers=4) as engine:
         def run(part: int) -> None:
             mine = [k for k in wanted if k[1] % 2 == part]
-            out[part] = list(engine.fetch((k, srv.url + "/tile/%d/%d/%d" % k) for k in mine))
+            out[part] = list(engine.fetch((k, srv.url + "/tile/{}/{}/{}".format(*k)) for k in mine))
         threads = [threading.Thread(target=run, args=(p,)) for p in (0, 1)]
         for t in threads:
             t.start()
@@ -418,7 +445,8 @@ def test_https_through_connect_proxy(cert: tuple[Path, Path], monkeypatch: pytes
         monkeypatch.setenv("NO_PROXY", "")
         monkeypatch.delenv("no_proxy", raising=False)
         with TileFetchEngine(workers=2, ssl_context=_tileserver.client_ssl_context(cert[0])) as engine:
-            got = {r.tag: r for r in engine.fetch((k, srv.url + "/tile/%d/%d/%d" % k) for k in wanted)}
+            urls = ((k, srv.url + "/tile/{}/{}/{}".format(*k)) for k in wanted)
+            got = {r.tag: r for r in engine.fetch(urls)}
     assert all(got[k].status == "ok" and got[k].data == served[k] for k in wanted)
     port = srv.url.split(":")[2].split("/")[0]
     assert proxy.seen and all(s == ("CONNECT", f"127.0.0.1:{port}") for s in proxy.seen)

@@ -1,0 +1,227 @@
+"""The planner: tiles meeting an area, per bundle, checked against a brute-force tile-by-tile count."""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import tracemalloc
+import types
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import MultiPolygon, Polygon, box
+
+from cacheorch.planner import BundlePlan, count_level, count_levels, plan_level
+from cacheorch.tiling import (BUNDLE_SIZE, WEB_MERCATOR_HALF, LevelOfDetail, SpatialReference,
+                              TileKey, TilingScheme, web_mercator_scheme)
+
+WM = web_mercator_scheme(max_level=16)
+H = WEB_MERCATOR_HALF
+
+#: An NZTM-like scheme: 512 px tiles, resolutions that are not powers of two, no known grid end.
+NZTM = TilingScheme(
+    origin_x=-4020900.0, origin_y=19998100.0, tile_cols=512, tile_rows=512, dpi=96,
+    spatial_reference=SpatialReference(2193),
+    lods=tuple(LevelOfDetail(i, r * 96 * 39.37, r) for i, r in enumerate(
+        (2116.670900008467, 1058.3354500042335, 529.1677250021168, 264.5838625010584))),
+)
+
+
+def brute_force(scheme: TilingScheme, level: int, area) -> set[TileKey]:
+    """Every tile whose box shares positive area with ``area``, found tile by tile."""
+    sx, sy = scheme.tile_span(level)
+    xmin, ymin, xmax, ymax = area.bounds
+    c0 = max(math.floor((xmin - scheme.origin_x) / sx) - 1, 0)
+    c1 = math.floor((xmax - scheme.origin_x) / sx) + 1
+    r0 = max(math.floor((scheme.origin_y - ymax) / sy) - 1, 0)
+    r1 = math.floor((scheme.origin_y - ymin) / sy) + 1
+    size = scheme.grid_size(level)
+    if size is not None:
+        r1, c1 = min(r1, size[0] - 1), min(c1, size[1] - 1)
+    rows, cols = np.meshgrid(np.arange(r0, r1 + 1), np.arange(c0, c1 + 1), indexing="ij")
+    rows, cols = rows.ravel(), cols.ravel()
+    boxes = shapely.box(scheme.origin_x + cols * sx, scheme.origin_y - (rows + 1) * sy,
+                        scheme.origin_x + (cols + 1) * sx, scheme.origin_y - rows * sy)
+    hit = shapely.area(shapely.intersection(boxes, area)) > 0
+    return {TileKey(level, int(r), int(c)) for r, c in zip(rows[hit], cols[hit])}
+
+
+def planned(scheme: TilingScheme, level: int, area) -> set[TileKey]:
+    keys = [k for plan in plan_level(scheme, level, area) for k in plan.keys()]
+    assert len(keys) == len(set(keys)), "a tile was planned twice"
+    return set(keys)
+
+
+def tile_box(scheme: TilingScheme, level: int, row: int, col: int) -> Polygon:
+    return box(*scheme.tile_bounds(level, row, col))
+
+
+# -- areas -------------------------------------------------------------------------------------
+
+#: A concave "C" over Europe/Africa whose mouth swallows whole tiles at the finer levels.
+CONCAVE = Polygon([(-1.1e6, 1.2e6), (4.3e6, 1.3e6), (4.2e6, 2.9e6), (0.7e6, 3.05e6),
+                   (0.75e6, 5.1e6), (4.4e6, 5.3e6), (4.35e6, 7.1e6), (-1.2e6, 6.9e6)])
+MULTI = MultiPolygon([
+    Polygon([(-8.1e6, 4.9e6), (-7.3e6, 5.6e6), (-8.6e6, 6.3e6)]),              # a triangle
+    Polygon([(1.05e6, -3.1e6), (3.9e6, -2.95e6), (3.7e6, -0.4e6), (1.2e6, -0.55e6)]),
+    Polygon([(1.2e7, 1.1e6), (1.32e7, 1.0e6), (1.31e7, 2.2e6)]),
+])
+#: A square with a big square hole: at level 6 (626 km tiles) whole tiles lie in the hole.
+HOLED = Polygon(
+    [(-5.05e6, -5.05e6), (5.05e6, -5.05e6), (5.05e6, 5.05e6), (-5.05e6, 5.05e6)],
+    [[(-3.9e6, -3.9e6), (-3.9e6, 3.9e6), (3.9e6, 3.9e6), (3.9e6, -3.9e6)]],
+)
+
+
+@pytest.mark.parametrize("name, area, levels", [
+    ("concave", CONCAVE, range(0, 8)),
+    ("multipolygon", MULTI, range(0, 8)),
+    ("holed", HOLED, range(0, 8)),
+])
+def test_matches_brute_force(name, area, levels):
+    for level in levels:
+        expected = brute_force(WM, level, area)
+        assert planned(WM, level, area) == expected, f"{name} level {level}"
+        assert count_level(WM, level, area) == len(expected)
+
+
+def test_concave_mouth_and_hole_really_exclude_tiles():
+    """The shapes above are only a test if the bounding box would over-count them."""
+    for area, level in ((CONCAVE, 5), (HOLED, 6), (MULTI, 5)):
+        rng = WM.tile_range(level, area.bounds)
+        in_bbox = (rng[2] - rng[0] + 1) * (rng[3] - rng[1] + 1)
+        assert count_level(WM, level, area) < in_bbox - 3
+
+
+def test_hole_aligned_on_tile_edges_excludes_exactly_its_tiles():
+    level = 5  # 32×32 tiles
+    outer = box(*WM.tile_bounds(level, 10, 10)[:2], *WM.tile_bounds(level, 3, 17)[2:])
+    hole = box(*WM.tile_bounds(level, 8, 12)[:2], *WM.tile_bounds(level, 5, 15)[2:])
+    area = outer.difference(hole)
+    assert len(area.interiors) == 1
+    keys = planned(WM, level, area)
+    assert len(keys) == 8 * 8 - 4 * 4
+    assert TileKey(level, 6, 13) not in keys and TileKey(level, 5, 12) not in keys
+    assert TileKey(level, 4, 12) in keys and TileKey(level, 6, 11) in keys
+    assert keys == brute_force(WM, level, area)
+
+
+def test_bbox_on_tile_edges_is_exact():
+    """An edge lying on a tile line must not pull in the neighbouring row or column."""
+    level = 9
+    xmin, ymin = WM.tile_bounds(level, 300, 100)[:2]
+    xmax, ymax = WM.tile_bounds(level, 100, 259)[2:]
+    area = box(xmin, ymin, xmax, ymax)
+    keys = planned(WM, level, area)
+    assert len(keys) == 160 * 201
+    assert min(k.row for k in keys) == 100 and max(k.row for k in keys) == 300
+    assert min(k.col for k in keys) == 100 and max(k.col for k in keys) == 259
+    # the same box in the NZTM grid, whose tile edges are not round numbers
+    n_xmin, n_ymin = NZTM.tile_bounds(3, 40, 7)[:2]
+    n_xmax, n_ymax = NZTM.tile_bounds(3, 31, 12)[2:]
+    assert count_level(NZTM, 3, box(n_xmin, n_ymin, n_xmax, n_ymax)) == 10 * 6
+
+
+def test_l_shape_on_tile_edges_is_exact():
+    level = 4
+    b = lambda r, c: tile_box(WM, level, r, c)  # noqa: E731
+    area = shapely.union_all([b(r, c) for r in range(2, 9) for c in range(3, 5)]
+                             + [b(r, c) for r in range(7, 9) for c in range(5, 12)])
+    assert count_level(WM, level, area) == 7 * 2 + 2 * 7
+
+
+def test_touching_a_tile_only_at_its_edge_may_go_either_way_but_overlap_counts():
+    level = 6
+    x0, y0, x1, y1 = WM.tile_bounds(level, 20, 20)
+    inside = box(x0 + 1, y0 + 1, x1 - 1, y1 - 1)
+    assert planned(WM, level, inside) == {TileKey(level, 20, 20)}
+    sliver = box(x1 - 1e-3, y0 + 1, x1 + 1e-3, y1 - 1)  # straddles the line between two tiles
+    assert planned(WM, level, sliver) == {TileKey(level, 20, 20), TileKey(level, 20, 21)}
+
+
+def test_nztm_512px_scheme_matches_brute_force():
+    # the North Island-ish blob in NZTM metres
+    area = Polygon([(1.57e6, 5.52e6), (1.78e6, 5.41e6), (2.08e6, 5.72e6), (1.94e6, 6.02e6),
+                    (1.72e6, 6.15e6), (1.63e6, 5.95e6), (1.73e6, 5.80e6)])
+    for level in NZTM.levels:
+        expected = brute_force(NZTM, level, area)
+        assert expected, level
+        assert planned(NZTM, level, area) == expected, level
+
+
+def test_area_beyond_the_grid_is_clipped():
+    big = box(-3 * H, -3 * H, 3 * H, 3 * H)
+    assert count_level(WM, 3, big) == 64
+    assert list(plan_level(WM, 3, box(3 * H, 0, 4 * H, H))) == []
+    # an unbounded grid (no TileEnd) still refuses negative rows and columns
+    assert count_level(NZTM, 0, box(-1e8, -1e8, NZTM.origin_x + 1, NZTM.origin_y - 1)) >= 1
+    assert all(k.row >= 0 and k.col >= 0 for p in plan_level(NZTM, 1, box(-1e8, 0, 0, 1e8))
+               for k in p.keys())
+
+
+# -- bundles ------------------------------------------------------------------------------------
+
+def test_bundles_are_128_square_ordered_and_disjoint():
+    level = 10  # 1024×1024 tiles: 8×8 bundles
+    area = Polygon([(-1.9e7, -0.3e7), (0.2e7, -1.2e7), (1.7e7, 0.4e7), (-0.4e7, 1.6e7)])
+    plans = list(plan_level(WM, level, area))
+    assert len(plans) > 20
+    order = [(p.bundle_row, p.bundle_col) for p in plans]
+    assert order == sorted(order) and len(set(order)) == len(order)
+    total = 0
+    for p in plans:
+        assert isinstance(p, BundlePlan) and p.level == level
+        assert p.bundle_row % BUNDLE_SIZE == 0 and p.bundle_col % BUNDLE_SIZE == 0
+        assert list(p.spans) == sorted(p.spans)
+        assert p.tile_count > 0
+        for row, first, last in p.spans:
+            assert p.bundle_row <= row < p.bundle_row + BUNDLE_SIZE
+            assert p.bundle_col <= first <= last < p.bundle_col + BUNDLE_SIZE
+        keys = list(p.keys())
+        assert len(keys) == p.tile_count <= BUNDLE_SIZE * BUNDLE_SIZE
+        assert all(k.bundle == (p.bundle_row, p.bundle_col) for k in keys)
+        total += p.tile_count
+    assert total == count_level(WM, level, area)
+    # spans within one row of a bundle never overlap or touch (they are merged)
+    for p in plans:
+        for row, group in itertools.groupby(p.spans, key=lambda s: s[0]):
+            spans = list(group)
+            assert all(a[2] + 1 < b[1] for a, b in zip(spans, spans[1:]))
+
+
+def test_span_crossing_a_bundle_column_is_split():
+    level = 9
+    x0 = WM.tile_bounds(level, 0, 120)[0]
+    x1 = WM.tile_bounds(level, 0, 300)[2]
+    y1 = WM.tile_bounds(level, 200, 0)[3]
+    y0 = WM.tile_bounds(level, 200, 0)[1]
+    plans = list(plan_level(WM, level, box(x0, y0, x1, y1)))
+    assert [(p.bundle_row, p.bundle_col, p.spans) for p in plans] == [
+        (128, 0, ((200, 120, 127),)), (128, 128, ((200, 128, 255),)), (128, 256, ((200, 256, 300),))]
+
+
+def test_plan_is_lazy_and_streams_a_level_14_world():
+    """268 million tiles are counted without building a list of them or of their bundles."""
+    world = box(-H, -H, H, H)
+    gen = plan_level(WM, 14, world)
+    assert isinstance(gen, types.GeneratorType)
+    started = time.perf_counter()
+    first = next(gen)
+    assert time.perf_counter() - started < 2.0
+    assert (first.bundle_row, first.bundle_col, first.tile_count) == (0, 0, 128 * 128)
+    tracemalloc.start()
+    try:
+        total = first.tile_count + sum(p.tile_count for p in gen)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == 4 ** 14
+    assert peak < 20_000_000, f"peak {peak / 1e6:.1f} MB: the planner holds more than a band"
+
+
+def test_count_levels_and_empty_area():
+    area = box(0, 0, 1e6, 1e6)
+    assert count_levels(WM, [0, 1, 2], area) == {0: 1, 1: 1, 2: 1}
+    assert count_levels(WM, [5], area) == {5: len(brute_force(WM, 5, area))}
+    assert list(plan_level(WM, 5, Polygon())) == []
