@@ -1,138 +1,42 @@
 """Which HTTP client should fetch tiles in bulk? Measure them side by side against nginx.
 
 Starts nginx (Debian package ``nginx-light``; this script installs nothing) on 127.0.0.1 with
-/work/shared/bench-reference/nginx.conf.tmpl, serving one fixed ~51.7 KB PNG for every tile URL,
-then fetches the same N distinct tile URLs (levels 10-12) with each client at each concurrency and
-prints tiles/s and CPU milliseconds per tile (process CPU: all threads of this process; nginx's
-own CPU is shown apart).
+/work/shared/bench-reference/nginx.conf.tmpl through bench/_nginx.py, serving one fixed ~51.7 KB
+PNG for every tile URL, then fetches the same N distinct tile URLs (levels 10-12) with each client
+at each concurrency and prints tiles/s and CPU milliseconds per tile (process CPU: all threads of
+this process; nginx's own CPU is shown apart).
 
 By default the client process is pinned to CPU 0 and nginx to CPU 1, the set-up the pipeline
 target assumes ("nginx on the other core"); ``--no-pin`` lets the kernel place both.
+``--work-us`` makes the consumer burn CPU per tile, standing in for the exporter, to show how a
+client behaves when the thread that takes its tiles is busy.
 
     .venv/bin/python bench/http_clients.py                   # 5,000 tiles, 8 and 16 in flight
     .venv/bin/python bench/http_clients.py -n 20000 --repeat 3 --clients cacheorch,aiohttp
+    .venv/bin/python bench/http_clients.py --work-us 150 --clients cacheorch,cacheorch-thread
+
+Exit code 2 (and one line saying how to install it) when nginx is missing.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import queue
-import random
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 
-from cacheorch.formats.png import encode_png, is_image
+from cacheorch.formats.png import is_image
 
-TEMPLATE = Path("/work/shared/bench-reference/nginx.conf.tmpl")
-SERVICE_PATH = "/arcgis/rest/services/Bench/MapServer"
-REFERENCE_TILE_BYTES = 51_763
-
-
-# -- the server -------------------------------------------------------------------------------
-
-def _noisy_gradient(p: float) -> bytes:
-    """A banded gradient where a share ``p`` of the samples is replaced by random bytes."""
-    rnd = random.Random(20240601)
-    px = bytearray(256 * 256 * 3)
-    i = 0
-    for y in range(256):
-        for x in range(256):
-            for v in (x & 0xE0, y & 0xE0, 128):
-                px[i] = rnd.getrandbits(8) if rnd.random() < p else v
-                i += 1
-    return bytes(px)
-
-
-def make_tile(target: int = REFERENCE_TILE_BYTES) -> bytes:
-    """A noisy 256×256 RGB gradient PNG close to ``target`` bytes (deterministic).
-
-    A stored (level 0) 256×256 RGB PNG is 197 KB and a smooth gradient barely deflates without
-    PNG row filters (which encode_png does not use); the reference tile is 51.7 KB and the tile
-    size drives the per-tile cost, so the share of noisy samples is searched (bisection) until
-    the deflated tile lands within 1 % of the reference size.
-    """
-    lo, hi = 0.0, 1.0
-    png = b""
-    for _ in range(20):
-        p = (lo + hi) / 2
-        png = encode_png(256, 256, _noisy_gradient(p), level=6)
-        if abs(len(png) - target) <= target // 100:
-            break
-        lo, hi = (p, hi) if len(png) < target else (lo, p)
-    return png
-
-
-def service_json() -> dict:
-    from cacheorch.tiling import web_mercator_scheme
-    scheme = web_mercator_scheme(max_level=19)
-    return {"currentVersion": 11.1, "serviceDescription": "cacheorch bench", "mapName": "Bench",
-            "singleFusedMapCache": True, "capabilities": "Map,Query,Data,TilesOnly,Tilemap",
-            "tileInfo": scheme.to_json(),
-            "spatialReference": {"wkid": 102100, "latestWkid": 3857}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def nginx(workdir: Path, cpu: int | None) -> Iterator[tuple[str, int]]:
-    """Run nginx on a free loopback port; yield (MapServer URL, worker pid)."""
-    exe = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.path.exists(exe):
-        sys.exit("nginx not found: apt-get install -y nginx-light")
-    port = free_port()
-    workdir.chmod(0o755)  # nginx workers drop root and must read the tile
-    (workdir / "tmp").mkdir(exist_ok=True)
-    (workdir / "tile.png").write_bytes(make_tile())
-    (workdir / "service.json").write_text(json.dumps(service_json()))
-    conf = TEMPLATE.read_text().replace("@DIR@", str(workdir)).replace("@PORT@", str(port))
-    (workdir / "nginx.conf").write_text(conf)
-    proc = subprocess.Popen([exe, "-p", str(workdir), "-c", str(workdir / "nginx.conf"),
-                             "-e", str(workdir / "error.log")])
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    sys.exit("nginx did not start:\n" + (workdir / "error.log").read_text())
-                time.sleep(0.05)
-        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                  text=True).stdout.split()]
-        for pid in [proc.pid, *workers]:
-            if cpu is not None:
-                os.sched_setaffinity(pid, {cpu})
-        yield f"http://127.0.0.1:{port}{SERVICE_PATH}", (workers or [proc.pid])[0]
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of another process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+try:
+    from bench._nginx import INSTALL_HINT, Nginx, bench_service_json, bench_tile, find_nginx
+except ImportError:  # run as a script: bench/ itself is on sys.path
+    from _nginx import (  # type: ignore[no-redef]
+        INSTALL_HINT, Nginx, bench_service_json, bench_tile, find_nginx)
 
 
 # -- the clients ------------------------------------------------------------------------------
@@ -258,7 +162,7 @@ def tile_urls(base: str, n: int) -> list[str]:
     return urls[:n]
 
 
-def measure(name: str, urls: list[str], inflight: int, nginx_pid: int, work_us: float
+def measure(name: str, urls: list[str], inflight: int, server: Nginx, work_us: float
             ) -> tuple[float, float, float]:
     """(tiles/s, client CPU ms per tile, nginx CPU ms per tile) for one client and concurrency."""
     fn = CLIENTS[name][1]
@@ -275,10 +179,10 @@ def measure(name: str, urls: list[str], inflight: int, nginx_pid: int, work_us: 
 
     fn(urls[:200], inflight, consume)  # warm up: imports, connections, caches
     good = 0
-    cpu0, wall0, srv0 = time.process_time(), time.perf_counter(), proc_cpu(nginx_pid)
+    cpu0, wall0, srv0 = time.process_time(), time.perf_counter(), server.cpu_seconds()
     fn(urls, inflight, consume)
     wall, cpu, srv = (time.perf_counter() - wall0, time.process_time() - cpu0,
-                      proc_cpu(nginx_pid) - srv0)
+                      server.cpu_seconds() - srv0)
     if good != len(urls):
         raise SystemExit(f"{name}: only {good} of {len(urls)} tiles were good")
     n = len(urls)
@@ -303,13 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     if pin:
         os.sched_setaffinity(0, {0})
-    with tempfile.TemporaryDirectory(prefix="cacheorch-bench-") as tmp, \
-            nginx(Path(tmp), 1 if pin else None) as (base, nginx_pid):
+    if find_nginx() is None:
+        print(INSTALL_HINT, file=sys.stderr)
+        raise SystemExit(2)
+    with Nginx(bench_tile(), bench_service_json(), cpu=1 if pin else None) as srv:
         load0 = os.getloadavg()
-        tile = Path(tmp, "tile.png").stat().st_size
+        base = srv.service_url
         urls = tile_urls(base, args.n)
-        print(f"nginx {base}  tile {tile:,} bytes  {len(urls):,} distinct tiles (levels 10-12)  "
-              f"{'client on CPU 0, nginx on CPU 1' if pin else 'not pinned'}  "
+        print(f"nginx {base}  tile {len(srv.tile_bytes):,} bytes  {len(urls):,} distinct tiles "
+              f"(levels 10-12)  {'client on CPU 0, nginx on CPU 1' if pin else 'not pinned'}  "
               f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
               + (f"  consumer burns {args.work_us:g} µs/tile" if args.work_us else ""))
         # Rounds interleave the clients, so a burst of load elsewhere on the machine hits all
@@ -318,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         for rnd in range(args.repeat):
             for name in names:
                 for inflight in levels:
-                    m = measure(name, urls, inflight, nginx_pid, args.work_us)
+                    m = measure(name, urls, inflight, srv, args.work_us)
                     cells.setdefault((name, inflight), []).append(m)
                     print(f"  round {rnd + 1}: {name} x{inflight}: {m[0]:,.0f} tiles/s, "
                           f"{m[1]:.3f} ms CPU/tile", file=sys.stderr, flush=True)

@@ -122,7 +122,9 @@ def _around_holes(lv: _Level, row: int, part: Polygon, span: tuple[int, int]
 
     A column outside every hole's x-extent meets the part (a connected part crosses every
     vertical line of its span), so only those under holes are tested, against a prepared
-    geometry: "intersects but does not merely touch" is "the interiors meet".
+    geometry: "intersects but does not merely touch" is "the interiors meet". Clipping to the
+    row's strip normally splits a part around any hole tall enough to hold a whole tile, so this
+    is the guard for pieces the clip leaves whole (and for callers passing unclipped parts).
     """
     first, last = span
     under = np.zeros(last - first + 1, dtype=bool)
@@ -174,17 +176,30 @@ def plan_level(scheme: TilingScheme, level: int, area: BaseGeometry) -> Iterator
         piece = shapely.clip_by_rect(lv.area, scheme.origin_x - 1e300, band_bottom, 1e300, band_top)
         if piece.is_empty:
             continue
+        # One band of spans, split by bundle column: the only thing held while a band is planned.
         by_bundle: dict[int, list[tuple[int, int, int]]] = {}
         for row in range(max(band, lv.range[0]), last_row + 1):
             for first, last in _row_spans(lv, row, piece):
-                col = first
-                while col <= last:
-                    bundle_col = col // BUNDLE_SIZE * BUNDLE_SIZE
-                    end = min(last, bundle_col + BUNDLE_SIZE - 1)
-                    by_bundle.setdefault(bundle_col, []).append((row, col, end))
-                    col = end + 1
+                first_bundle, last_bundle = first // BUNDLE_SIZE, last // BUNDLE_SIZE
+                if first_bundle == last_bundle:
+                    _append(by_bundle, first_bundle * BUNDLE_SIZE, (row, first, last))
+                    continue
+                _append(by_bundle, first_bundle * BUNDLE_SIZE,
+                        (row, first, (first_bundle + 1) * BUNDLE_SIZE - 1))
+                for b in range(first_bundle + 1, last_bundle):
+                    _append(by_bundle, b * BUNDLE_SIZE, (row, b * BUNDLE_SIZE, (b + 1) * BUNDLE_SIZE - 1))
+                _append(by_bundle, last_bundle * BUNDLE_SIZE, (row, last_bundle * BUNDLE_SIZE, last))
         for bundle_col in sorted(by_bundle):
-            yield BundlePlan(level, band, bundle_col, tuple(by_bundle[bundle_col]))
+            yield BundlePlan(level, band, bundle_col, tuple(by_bundle.pop(bundle_col)))
+
+
+def _append(by_bundle: dict[int, list[tuple[int, int, int]]], bundle_col: int,
+            span: tuple[int, int, int]) -> None:
+    spans = by_bundle.get(bundle_col)
+    if spans is None:
+        by_bundle[bundle_col] = [span]
+    else:
+        spans.append(span)
 
 
 def count_level(scheme: TilingScheme, level: int, area: BaseGeometry) -> int:

@@ -13,17 +13,21 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from cacheorch.errors import CacheorchError, FormatError, UsageError
 from cacheorch.formats.png import JPEG_MAGIC, PNG_MAGIC
 from cacheorch.tiling import BUNDLE_SIZE, Envelope, TilingScheme
+
+if TYPE_CHECKING:
+    from cacheorch.formats.cache import TileCache
 
 __all__ = ["CacheServer", "run_server", "default_service_name", "SERVER_VERSION"]
 
@@ -103,7 +107,8 @@ def _bundle_extent(scheme: TilingScheme, bundles: list[tuple[int, int, int]]) ->
     return Envelope(xmin, ymin, xmax, ymax, scheme.spatial_reference)
 
 
-def service_json(cache: Any, name: str, tiled_levels: list[int], source_name: str) -> dict[str, Any]:
+def service_json(cache: TileCache, name: str, tiled_levels: list[int], source_name: str
+                 ) -> dict[str, Any]:
     """The MapServer resource as ArcGIS 10.x/11 writes it for a cached, tiles-only service."""
     scheme: TilingScheme = cache.scheme
     sr = scheme.spatial_reference.to_json()
@@ -155,7 +160,8 @@ def service_json(cache: Any, name: str, tiled_levels: list[int], source_name: st
 class _Routes:
     """Everything a request needs, computed once: the handler only looks things up."""
 
-    def __init__(self, cache: Any, name: str, service: dict[str, Any], tiled_levels: list[int]) -> None:
+    def __init__(self, cache: TileCache, name: str, service: dict[str, Any], tiled_levels: list[int]
+                 ) -> None:
         self.get_tile: Callable[[int, int, int], bytes | None] = cache.get_tile
         self.levels = frozenset(tiled_levels)
         self.service_path = f"{_SERVICES}/{name}/MapServer".lower()
@@ -240,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
         keep = b"" if not self.close_connection else b"Connection: close\r\n"
         self.wfile.write(b"".join((
             head, b"Content-Type: ", content_type, b"\r\nContent-Length: ", str(len(body)).encode(),
-            b"\r\n", _CORS, keep, b"\r\n", body)))
+            b"\r\n", _CORS, keep, b"\r\n", b"" if head_only else body)))
 
     def _not_found(self, body: bytes, head_only: bool) -> None:
         self.wfile.write(b"".join((
@@ -265,12 +271,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _tile(self, routes: _Routes, rest: str, head_only: bool) -> None:
         parts = rest.split("/")
-        try:
-            level, row, col = int(parts[0]), int(parts[1]), int(parts[2])
-        except (ValueError, IndexError):
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
             self._not_found(_error_body(404, "Tile path must be tile/{level}/{row}/{col}"), head_only)
             return
-        if len(parts) != 3 or level not in routes.levels or row < 0 or col < 0:
+        level, row, col = int(parts[0]), int(parts[1]), int(parts[2])
+        if level not in routes.levels:
             self._not_found(_TILE_MISSING, head_only)
             return
         try:
@@ -326,6 +331,12 @@ class _Server(ThreadingHTTPServer):
         self._lock = threading.Condition()
         self._closing = False
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer is normal under load; only real bugs get a traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     def track(self, conn: socket.socket, opened: bool) -> None:
         with self._lock:
@@ -455,7 +466,7 @@ class CacheServer:
         return f"CacheServer({str(self.cache_path)!r}, url={self.url!r})"
 
 
-def _open(path: Path) -> Any:
+def _open(path: Path) -> TileCache:
     """Open the cache, turning every way a path can be wrong into one line."""
     if not path.exists():
         raise FormatError(f"{path}: no such cache folder or package")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -118,9 +119,16 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None] | Non
     if not enabled:
         yield None
         return
+    import shutil
+
     from tqdm import tqdm
-    with tqdm(total=total, unit="tile", unit_scale=True, dynamic_ncols=True, file=sys.stderr,
-              smoothing=0.1) as bar:
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        size = shutil.get_terminal_size()
+    # a terminal reporting 0×0 (some CI ptys) would make tqdm hide the bar altogether
+    with tqdm(total=total, unit="tile", unit_scale=True, ncols=min(size.columns or 80, 120),
+              nrows=size.lines or 24, file=sys.stderr, smoothing=0.1) as bar:
         yield bar.update
 
 
