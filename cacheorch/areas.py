@@ -14,7 +14,7 @@ from shapely.geometry.base import BaseGeometry
 from cacheorch.errors import AreaError
 from cacheorch.tiling import SpatialReference, TilingScheme
 
-__all__ = ["crs_of", "project", "polygonal", "finish_area", "WEB_MERCATOR_MAX_LAT"]
+__all__ = ["crs_of", "project", "polygonal", "finish_area", "rectangle", "WEB_MERCATOR_MAX_LAT"]
 
 #: Web Mercator stops at ±85.0511°; beyond it the projection runs to infinity.
 WEB_MERCATOR_MAX_LAT = 85.05112877980659
@@ -85,4 +85,5 @@ def finish_area(geom: BaseGeometry, scheme: TilingScheme, what: str) -> BaseGeom
 
 
 def rectangle(xmin: float, ymin: float, xmax: float, ymax: float) -> Polygon:
+    """An axis-aligned area (a bbox or an extent) as a polygon, ready to densify and project."""
     return box(xmin, ymin, xmax, ymax)

@@ -31,7 +31,7 @@ class BBoxArea(AOIGenerator):
             if src.is_geographic and not (-180 <= xmin and xmax <= 180 and -90 <= ymin and ymax <= 90):
                 raise AreaError(f"{what}: longitudes must be within ±180 and latitudes within ±90")
             dst = crs_of(scheme.spatial_reference, "the tiling scheme")
-            geom = project(geom, src, dst, what, densify=max(xmax - xmin, ymax - ymin) / 64)
+            geom = project(geom, src, dst, what, densify=max(xmax - xmin, ymax - ymin) / 128)
         return finish_area(geom, scheme, what)
 
 

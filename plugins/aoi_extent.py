@@ -29,7 +29,7 @@ class ExtentArea(AOIGenerator):
                 and env.spatial_reference.epsg != scheme.spatial_reference.epsg:
             src = crs_of(env.spatial_reference, f"the {which} extent")
             dst = crs_of(scheme.spatial_reference, "the tiling scheme")
-            span = max(env.xmax - env.xmin, env.ymax - env.ymin) / 64 or None
+            span = max(env.xmax - env.xmin, env.ymax - env.ymin) / 128 or None
             geom = project(geom, src, dst, f"the {which} extent", densify=span)
         return finish_area(geom, scheme, f"the service's {which} extent")
 

@@ -201,34 +201,90 @@ def test_span_crossing_a_bundle_column_is_split():
         (128, 0, ((200, 120, 127),)), (128, 128, ((200, 128, 255),)), (128, 256, ((200, 256, 300),))]
 
 
-def test_plan_is_lazy_and_streams_a_level_14_world():
-    """268 million tiles are counted bundle by bundle, never listed."""
+#: A rough outline of Europe (lon, lat), projected into Web Mercator by pyproj.
+EUROPE_LONLAT = [(-9.5, 36.9), (-6.0, 36.0), (2.0, 41.0), (6.0, 43.0), (12.5, 37.5), (18.5, 40.0),
+                 (22.0, 36.5), (28.0, 36.5), (29.0, 41.0), (35.0, 45.0), (40.0, 47.0),
+                 (38.0, 56.0), (31.0, 60.0), (30.0, 70.0), (20.0, 70.3), (12.0, 65.0),
+                 (5.0, 62.0), (8.0, 57.5), (4.0, 52.0), (-5.0, 48.5), (-1.5, 43.5), (-9.5, 43.0)]
+
+
+def europe():
+    from pyproj import Transformer
+    fwd = Transformer.from_crs(4326, 3857, always_xy=True)
+    return Polygon([fwd.transform(lon, lat) for lon, lat in EUROPE_LONLAT])
+
+
+@pytest.mark.parametrize("level", [9, 10])
+def test_europe_spans_are_split_by_bundle_and_yielded_once_row_major(level):
+    area = europe()
+    plans = list(plan_level(WM, level, area))
+    # the area straddles bundle lines both ways, or this test would prove nothing
+    assert len({p.bundle_row for p in plans}) >= 2 and len({p.bundle_col for p in plans}) >= 2
+    order = [(p.bundle_row, p.bundle_col) for p in plans]
+    assert order == sorted(order) and len(set(order)) == len(order)
+    seen: set[TileKey] = set()
+    for p in plans:
+        assert p.bundle_row % BUNDLE_SIZE == 0 and p.bundle_col % BUNDLE_SIZE == 0
+        for row, first, last in p.spans:
+            assert p.bundle_row <= row < p.bundle_row + BUNDLE_SIZE
+            assert p.bundle_col <= first <= last < p.bundle_col + BUNDLE_SIZE
+        keys = set(p.keys())
+        assert len(keys) == p.tile_count and not keys & seen
+        seen |= keys
+    assert seen == brute_force(WM, level, area)
+    # rows crossing a bundle column line are cut there: one piece ends at the line, the next
+    # bundle's piece of the same row starts right after it
+    ends = {(row, last + 1) for p in plans for row, first, last in p.spans
+            if last == p.bundle_col + BUNDLE_SIZE - 1}
+    starts = {(row, first) for p in plans for row, first, last in p.spans if first == p.bundle_col}
+    assert len(ends & starts) > 10
+
+
+def test_area_partly_outside_the_grid_matches_brute_force():
+    """Beyond the top-left corner of the grid and past the antimeridian: only grid tiles count."""
+    area = Polygon([(-2.6e7, 1.2e7), (-0.9e7, 2.9e7), (0.4e7, 1.6e7), (2.4e7, 1.9e7),
+                    (2.3e7, 0.9e7), (-0.5e7, 0.5e7)])
+    for level in range(0, 7):
+        expected = brute_force(WM, level, area)
+        keys = planned(WM, level, area)
+        assert keys == expected, level
+        n = 2 ** level
+        assert all(0 <= k.row < n and 0 <= k.col < n for k in keys)
+    assert count_level(WM, 3, area) < 64
+
+
+def test_plan_is_lazy_and_streams_a_level_12_world():
+    """16.7 million tiles: the first bundles come at once, long before the level is planned."""
     world = box(-H, -H, H, H)
-    gen = plan_level(WM, 14, world)
-    assert isinstance(gen, types.GeneratorType)
     started = time.perf_counter()
-    first = next(gen)
-    assert time.perf_counter() - started < 2.0  # the first bundle comes before the level is planned
-    assert (first.bundle_row, first.bundle_col, first.tile_count) == (0, 0, 128 * 128)
-    assert first.tile_count + sum(p.tile_count for p in gen) == 4 ** 14
+    gen = plan_level(WM, 12, world)
+    assert isinstance(gen, types.GeneratorType)
+    first = list(itertools.islice(gen, 40))  # the whole first band (32 bundles) and a bit more
+    assert time.perf_counter() - started < 0.5
+    assert [(p.bundle_row, p.bundle_col) for p in first[:3]] == [(0, 0), (0, 128), (0, 256)]
+    assert (first[31].bundle_row, first[31].bundle_col) == (0, 31 * 128)
+    assert (first[32].bundle_row, first[32].bundle_col) == (128, 0)
+    assert all(p.tile_count == 128 * 128 for p in first)
+    gen.close()
 
 
 def test_memory_holds_a_band_not_the_level():
-    """Counting a whole level 12 (16.7 million tiles) peaks no higher than counting one band of it."""
-    level = 12
-    one_band = box(-H, WM.tile_bounds(level, BUNDLE_SIZE - 1, 0)[1], H, H)
+    """Walking eight bands of a level 12 world peaks no higher than walking one."""
+    level, per_band = 12, 2 ** 12 // BUNDLE_SIZE
     world = box(-H, -H, H, H)
     peaks = []
-    for area, tiles in ((one_band, BUNDLE_SIZE * 2 ** level), (world, 4 ** level)):
+    for bands in (1, 8):
         tracemalloc.start()
         try:
-            assert count_level(WM, level, area) == tiles
+            tiles = sum(p.tile_count for p in itertools.islice(plan_level(WM, level, world),
+                                                                bands * per_band))
             peaks.append(tracemalloc.get_traced_memory()[1])
         finally:
             tracemalloc.stop()
-    band_peak, world_peak = peaks
-    assert world_peak < 2_000_000, f"peak {world_peak / 1e6:.1f} MB at level 12"
-    assert world_peak < 1.5 * band_peak + 100_000, (band_peak, world_peak)
+        assert tiles == bands * BUNDLE_SIZE * 2 ** level
+    one, eight = peaks
+    assert eight < 1_000_000, f"peak {eight / 1e6:.1f} MB"
+    assert eight < 1.5 * one + 100_000, (one, eight)
 
 
 def test_count_levels_and_empty_area():

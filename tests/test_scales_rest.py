@@ -51,6 +51,8 @@ class Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        # a client that gave up (the timeout test) breaks the pipe: not worth a traceback
+        self.httpd.handle_error = lambda request, client_address: None
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -127,9 +129,20 @@ def test_token_and_referer_are_sent_and_never_kept(server, street_map):
 
 def test_arcgis_token_from_the_environment(server, street_map, monkeypatch):
     monkeypatch.setenv("ARCGIS_TOKEN", TOKEN)
+    monkeypatch.setenv("ARCGIS_REFERER", "https://env.example/")
     server.json(street_map)
     read(f"{server.base}{PATH}", Connection.from_env(timeout=5))
     assert server.requests[0]["query"]["token"] == TOKEN
+    assert server.requests[0]["headers"]["Referer"] == "https://env.example/"
+    read(f"{server.base}{PATH}", Connection.from_env(token="from-flag", timeout=5))  # --token wins
+    assert server.requests[1]["query"]["token"] == "from-flag"
+
+
+def test_no_token_no_referer_by_default(server, street_map):
+    server.json(street_map)
+    read(f"{server.base}{PATH}", Connection.from_env(timeout=5))
+    assert "token" not in server.requests[0]["query"]
+    assert "Referer" not in server.requests[0]["headers"]
 
 
 def test_hosted_tile_layer_and_newer_fields(server, street_map):
