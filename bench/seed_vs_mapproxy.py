@@ -323,6 +323,19 @@ def run_mapproxy(exe: str, srv: Nginx, work: Path, levels: list[int], aoi: Path,
     return run
 
 
+def json_report(stdout: str) -> dict[str, Any]:
+    """The JSON object cacheorch --json printed (py-spy, when profiling, prints lines around it)."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"^\{", stdout, re.MULTILINE):
+        try:
+            obj, _ = decoder.raw_decode(stdout, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            return obj
+    return {}
+
+
 def cacheorch_cmd(srv: Nginx, out: Path, levels: list[int], aoi: Path, workers: int) -> list[str]:
     return [sys.executable, "-m", "cacheorch", "--catalog", str(out / "c.sqlite"), "run",
             "--service", srv.service_url, "--levels", format_levels(levels), "--aoi", str(aoi),
@@ -346,17 +359,7 @@ def run_cacheorch(srv: Nginx, work: Path, levels: list[int], aoi: Path, workers:
     proc, wall, cpu, server = measured(cmd, srv, timeout)
     run = Run("cacheorch", f"--workers {workers}", rnd, seconds=wall, cpu_seconds=cpu,
               server_cpu_seconds=server, exit_code=proc.returncode)
-    report: dict[str, Any] = {}
-    try:
-        report = json.loads(proc.stdout) if proc.stdout.strip() else {}
-    except json.JSONDecodeError:
-        # py-spy prints to stdout too; the report is the one line that is a JSON object
-        for line in proc.stdout.splitlines():
-            if line.startswith("{"):
-                try:
-                    report = json.loads(line)
-                except json.JSONDecodeError:
-                    pass
+    report = json_report(proc.stdout)
     if report:
         run.reported_tiles = sum(int(lv.get("tiles_written", 0)) for lv in report.get("levels", []))
     run.tiles, run.tiles_by_level = count_tiles(out / "out")

@@ -47,7 +47,7 @@ def project(geom: BaseGeometry, src: CRS, dst: CRS, what: str, densify: float | 
         return geom
     if dst.to_epsg() == 3857 and src.is_geographic:
         lim = WEB_MERCATOR_MAX_LAT
-        geom = shapely.clip_by_rect(geom, -180.0, -lim, 180.0, lim)
+        geom = shapely.intersection(geom, box(-180.0, -lim, 180.0, lim))  # see finish_area
     if densify:
         geom = shapely.segmentize(geom, densify)
     fwd = _transformer(src, dst)
@@ -76,7 +76,11 @@ def finish_area(geom: BaseGeometry, scheme: TilingScheme, what: str) -> BaseGeom
     """Clip to the grid (when its end is known) and refuse an area that misses the grid."""
     bounds = scheme.grid_bounds()
     if bounds is not None:
-        geom = shapely.clip_by_rect(geom, *bounds)
+        # an overlay, not clip_by_rect: the fast clip returns a self-touching ring for a vertex
+        # on the grid's corner, and clips of that can turn inside out
+        if not geom.is_valid:  # a projection can fold a ring; the overlay needs a valid input
+            geom = shapely.make_valid(geom)
+        geom = shapely.intersection(geom, box(*bounds))
         if geom.is_empty or geom.area <= 0:
             raise AreaError(f"{what} lies outside the tiling scheme's grid")
     elif geom.is_empty:

@@ -3,8 +3,9 @@
 Why not requests or aiohttp here: exporting a cache is millions of identical small GETs, and on a
 two-core machine the client's CPU per tile bounds the whole job. ``bench/http_clients.py`` measured
 requests, urllib3, aiohttp and this engine side by side against nginx (bench/README.md has the
-table); this engine spends several times less CPU per tile than aiohttp because it is a lean
-HTTP/1.1 client on :class:`asyncio.Protocol` that does only what a tile GET needs. It still
+table); this engine spends about half the CPU per tile of aiohttp (a quarter of urllib3's, a
+tenth of requests') because it is a lean HTTP/1.1 client on :class:`asyncio.Protocol` that does
+only what a tile GET needs. It still
 handles what real servers do: chunked and close-delimited bodies, gzip/deflate content-encoding,
 redirects, HTTPS, and proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY`` through
 ``CONNECT``, ``NO_PROXY``). requests stays the client for service JSON and jobs.
@@ -468,22 +469,28 @@ _Begun = tuple[_Origin, bytes, "_Conn | None", "asyncio.Future[_Response] | None
 
 def _finalize(loop: asyncio.AbstractEventLoop, conns: set[_Conn]) -> None:
     """Release sockets of an engine that was never closed (garbage collected)."""
+    if loop.is_running() or loop.is_closed():
+        return
     for conn in list(conns):
         conn.abort()
-    if not loop.is_running() and not loop.is_closed():
-        loop.close()
+    try:
+        loop.run_until_complete(asyncio.sleep(0))  # the transports close their sockets
+    except RuntimeError:  # another event loop runs in this thread: the sockets close on GC
+        pass
+    loop.close()
 
 
 class TileFetchEngine:
     """Fetches many URLs concurrently over pooled keep-alive connections.
 
     Why the event loop runs in the caller's thread, inside :meth:`fetch`, and not in a
-    background thread: measured, a loop thread handing results over a queue costs about a
-    quarter more CPU per tile, and while the consumer works (writing bundles) the two threads
-    fight over the GIL. Here requests go on the wire as soon as they are submitted, the server
-    works while the consumer does, and responses wait in socket buffers until the next
-    ``next()``. Several threads may iterate ``fetch`` on one engine: whichever needs results
-    runs the loop, under a lock, for everybody.
+    background thread: a loop thread handing results over a queue cost 10-30 % more CPU per
+    tile in bench/http_clients.py runs, and while the consumer works (writing bundles) the two
+    threads would fight over the GIL. Here requests go on the wire as soon as they are
+    submitted, the server works while the consumer does, and responses wait in socket buffers
+    until the next ``next()``. Several threads may iterate ``fetch`` on one engine: whichever
+    needs results runs the loop, under a lock, for everybody. Not usable from inside a running
+    asyncio event loop (run it in a thread there).
 
     :param workers: requests in flight at most, across every :meth:`fetch` in progress.
     :param headers: sent with every request (User-Agent, Referer...).
@@ -566,10 +573,10 @@ class TileFetchEngine:
 
     def close(self) -> None:
         """Cancel what is in flight and close every connection."""
+        if self._closed:
+            return
+        self._closed = True  # first, so that a thread running the loop stops when kicked
         with self._locked():
-            if self._closed:
-                return
-            self._closed = True
             loop = self._loop
             if loop is None:
                 return
@@ -589,8 +596,10 @@ class TileFetchEngine:
     def _locked(self) -> Iterator[None]:
         lock = self._lock
         if not lock.acquire(blocking=False):
-            loop = self._loop  # another thread runs the loop: make it hand over soon
-            if loop is not None and loop.is_running():
+            # Another thread holds the lock and runs the loop, or is about to: a wake-up queued
+            # now ends its run (or its next one) so it hands over soon.
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
                 try:
                     loop.call_soon_threadsafe(self._wake)
                 except RuntimeError:
@@ -611,7 +620,13 @@ class TileFetchEngine:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.new_event_loop()
-            loop.set_exception_handler(self._loop_error)
+            me = weakref.ref(self)  # the loop must not keep the engine alive (see _finalize)
+
+            def on_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+                engine = me()
+                if engine is not None:
+                    engine._loop_error(loop, context)
+            loop.set_exception_handler(on_error)
             weakref.finalize(self, _finalize, loop, self._conns)
         return loop
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -20,7 +22,8 @@ if TYPE_CHECKING:
     from cacheorch.connection import Connection
 
 __all__ = [
-    "Plugin", "NoOptions", "Service", "ScaleSource", "SelectionPolicy", "AOIGenerator", "TileResult",
+    "Plugin", "NoOptions", "Service", "ScaleSource", "PolicyContext", "SelectionPolicy", "AOIGenerator",
+    "AreaResolver", "TileResult",
     "TileFetcher", "TileSource", "BundleSink", "ExportSession", "Exporter", "ExportRequest",
     "staging_path",
 ]
@@ -108,11 +111,40 @@ class ScaleSource(Plugin, abc.ABC):
         """Read the service; raise a :class:`~cacheorch.errors.CacheorchError` with one clear line."""
 
 
+class PolicyContext(abc.ABC):
+    """What a policy may ask about the job beyond the scheme: tile counts and tile sizes.
+
+    Counts depend on each level's area, which is resolved after the levels are known; the context
+    resolves a level's area and counts its tiles only when a policy asks, and remembers the answer,
+    so a policy that never asks costs nothing and the plan reuses every count.
+    """
+
+    @property
+    @abc.abstractmethod
+    def service(self) -> Service:
+        """The service being exported (its limits: ``max_export_tiles_count``...)."""
+
+    @abc.abstractmethod
+    def tiles(self, level: int) -> int:
+        """The planned tile count of ``level`` over its area (what ``plan`` would show)."""
+
+    @abc.abstractmethod
+    def sample_bytes(self, level: int) -> float | None:
+        """Mean size in bytes of a few tiles fetched near the level's area through the job's tile
+        source; None when none could be fetched (all missing or failed)."""
+
+    def note(self, text: str) -> None:
+        """Add one line to the plan's notes (a limit that matters later, an assumption made)."""
+
+
 class SelectionPolicy(Plugin, abc.ABC):
     """Narrows the selected levels. Policies run in the order given, each seeing the last's output.
 
-    A policy that cannot apply raises :class:`~cacheorch.errors.PolicyError` or
-    :class:`~cacheorch.errors.LevelError` naming what is wrong.
+    A policy that needs tile counts or tile sizes declares a third parameter,
+    ``select(self, scheme, levels, context: PolicyContext | None = None)``; two-parameter
+    policies keep working (:meth:`apply` looks at the signature). A policy that cannot apply
+    raises :class:`~cacheorch.errors.PolicyError` or :class:`~cacheorch.errors.LevelError`
+    naming what is wrong.
     """
 
     @abc.abstractmethod
@@ -122,6 +154,25 @@ class SelectionPolicy(Plugin, abc.ABC):
     def explain(self) -> str:
         """One line for ``plan``: what this policy keeps."""
         return self.name
+
+    def reason(self, level: int, kept: bool) -> str:
+        """Why ``level`` was kept or dropped, for ``plan`` (after :meth:`select`); "" says no more
+        than :meth:`explain`."""
+        return ""
+
+    def apply(self, scheme: TilingScheme, levels: Sequence[LevelOfDetail],
+              context: PolicyContext | None = None) -> list[LevelOfDetail]:
+        """Run :meth:`select`, passing ``context`` only to policies whose ``select`` takes it."""
+        if context is not None and _takes_context(type(self)):
+            return self.select(scheme, levels, context)  # type: ignore[call-arg]
+        return self.select(scheme, levels)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_context(cls: type) -> bool:
+    params = list(inspect.signature(cls.select).parameters.values())[1:]  # past self
+    return any(p.kind is p.VAR_POSITIONAL for p in params) or \
+        len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 3
 
 
 class AOIGenerator(Plugin, abc.ABC):
@@ -140,6 +191,24 @@ class AOIGenerator(Plugin, abc.ABC):
     @abc.abstractmethod
     def area(self, spec: str, service: Service, connection: Connection) -> BaseGeometry:
         """The area, in ``service.scheme``'s spatial reference."""
+
+    def varies_by_level(self, spec: str) -> bool:
+        """Whether :meth:`area_at` may differ between levels (a buffer in tiles of each level);
+        when False the core builds the area once and shares it between the levels naming it."""
+        return False
+
+    def area_at(self, spec: str, service: Service, connection: Connection, lod: LevelOfDetail,
+                resolve: AreaResolver) -> BaseGeometry:
+        """The area for one level. ``resolve(spec, lod)`` builds any other area spec the way
+        ``--aoi`` does, for generators that wrap another (``buffer:…:town.geojson``).
+
+        The default is :meth:`area`, the same for every level.
+        """
+        return self.area(spec, service, connection)
+
+
+#: ``resolve(spec, lod)``: the area an ``--aoi`` spec gives for one level (projected, checked).
+AreaResolver = Callable[[str, LevelOfDetail], "BaseGeometry"]
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,12 @@ def _geometries(data: Any, name: str) -> list[Any]:
         if not isinstance(features, list):
             raise AreaError(f"{name}: FeatureCollection without a features list")
         return [g for f in features for g in _geometries(f, name)]
-    if kind == "Feature":
+    if kind == "Feature":  # its geometry may itself be a GeometryCollection
         geom = data.get("geometry")
-        return [geom] if geom else []
+        return _geometries(geom, name) if isinstance(geom, dict) else []
     if kind == "GeometryCollection":
-        return list(data.get("geometries") or [])
+        return [g for member in data.get("geometries") or [] if isinstance(member, dict)
+                for g in _geometries(member, name)]
     if kind in ("Polygon", "MultiPolygon", "Point", "MultiPoint", "LineString", "MultiLineString"):
         return [data]
     raise AreaError(f"{name}: not GeoJSON (type {kind!r})")

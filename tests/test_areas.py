@@ -188,6 +188,10 @@ def test_feature_collection_is_projected_vertex_by_vertex(tmp_path):
     lambda: {"type": "Polygon", "coordinates": [ALPS]},
     lambda: {"type": "MultiPolygon", "coordinates": [[ALPS]]},
     lambda: {"type": "GeometryCollection", "geometries": [{"type": "Polygon", "coordinates": [ALPS]}]},
+    lambda: {"type": "Feature", "properties": None, "geometry": {  # a collection inside a feature
+        "type": "GeometryCollection", "geometries": [{"type": "Point", "coordinates": [8, 45]},
+                                                     {"type": "Polygon", "coordinates": [ALPS]}]}},
+    lambda: {"type": "Polygon", "coordinates": [[[x, y, 1500.0] for x, y in ALPS]]},  # with heights
 ])
 def test_feature_bare_geometry_and_multipolygon(tmp_path, make):
     area = from_file(write(tmp_path, make()))
@@ -251,10 +255,23 @@ def test_unreadable_file(tmp_path):
 
 
 def test_area_missing_the_grid(tmp_path):
-    ring = [[100, -80], [120, -80], [120, -70], [100, -70], [100, -80]]  # Antarctica, south of NZTM
-    with pytest.raises(AreaError, match="outside the tiling scheme's grid"):
-        from_file(write(tmp_path, feature([ring])),
-                  service(web_mercator_scheme(), full_extent=None, tile_end=(H, 0.0)))
+    ring = [[100, -80], [120, -80], [120, -70], [100, -70], [100, -80]]  # Antarctica
+    northern = service(web_mercator_scheme(), full_extent=None, tile_end=(H, 0.0))  # grid: y ≥ 0
+    with pytest.raises(AreaError) as err:
+        from_file(write(tmp_path, feature([ring])), northern)
+    assert str(err.value) == "area.geojson lies outside the tiling scheme's grid"
+    with pytest.raises(AreaError) as err:
+        bbox("100,-80,120,-70@4326", northern)
+    assert str(err.value) == "bbox:100,-80,120,-70@4326 lies outside the tiling scheme's grid"
+    # half in, half out: only the half in the grid is kept
+    area = bbox("100,-40,120,40@4326", northern)
+    assert area.bounds[1] == 0.0 and area.bounds[3] > 4e6
+
+
+@pytest.mark.parametrize("suffix", ["", "@3857", "@102100"])
+def test_bbox_in_web_mercator_by_any_name_is_not_reprojected(suffix):
+    area = bbox(f"1000000,2000000,3000000,4000000{suffix}")
+    assert area.equals(box(1e6, 2e6, 3e6, 4e6)) and len(area.exterior.coords) == 5
 
 
 def test_accepts_geojson_paths(tmp_path):
@@ -264,6 +281,16 @@ def test_accepts_geojson_paths(tmp_path):
     assert FileArea.accepts(str(other))
     assert not FileArea.accepts("bbox:0,0,1,1") and not FileArea.accepts("extent")
     assert register_file() == [FileArea]
+
+
+def test_clip_to_the_grid_stays_valid_with_a_vertex_on_its_corner():
+    """GEOS's fast rectangle clip leaves a self-touching ring here; the area must stay valid."""
+    from cacheorch.areas import finish_area
+    area = Polygon([(-2.55e7, 1.51e7), (-2.34e7, 1.86e7), (-2.05e7, 2.07e7), (-1.72e7, 2.0e7),
+                    (-H, H), (-1.74e7, 1.34e7), (-2.02e7, 1.32e7)])
+    clipped = finish_area(area, web_mercator_scheme(), "area.geojson")
+    assert polygonal(clipped)
+    assert clipped.area == pytest.approx(area.intersection(box(-H, -H, H, H)).area, rel=1e-12)
 
 
 def test_unknown_spatial_reference():

@@ -160,6 +160,28 @@ def test_area_beyond_the_grid_is_clipped():
                for k in p.keys())
 
 
+def test_unbounded_grid_ignores_parts_left_of_its_origin():
+    """NZTM has no TileEnd: a part wholly left of the origin must not turn into column 0."""
+    ox = NZTM.origin_x
+    area = MultiPolygon([box(ox - 5e6, 5e6, ox - 1e6, 6e6), box(ox + 1e6, 8e6, ox + 3e6, 9e6)])
+    for level in (0, 1):
+        keys = planned(NZTM, level, area)
+        assert keys == brute_force(NZTM, level, area), level
+        assert {k.col for k in keys} == {c for c in range(0, 10)
+                                         if NZTM.tile_bounds(level, 0, c)[2] > ox + 1e6
+                                         and NZTM.tile_bounds(level, 0, c)[0] < ox + 3e6}
+
+
+def test_vertex_on_the_grids_corner_does_not_turn_the_area_inside_out():
+    """GEOS's fast rectangle clip inverts this notched ring (its notch tip is the grid corner)."""
+    area = Polygon([(-2.55e7, 1.51e7), (-2.34e7, 1.86e7), (-2.05e7, 2.07e7), (-1.72e7, 2.0e7),
+                    (-H, H), (-1.74e7, 1.34e7), (-2.02e7, 1.32e7)])
+    assert area.is_valid
+    for level in (1, 2, 3, 4):
+        assert planned(WM, level, area) == brute_force(WM, level, area), level
+    assert count_level(WM, 3, area) == 2
+
+
 # -- bundles ------------------------------------------------------------------------------------
 
 def test_bundles_are_128_square_ordered_and_disjoint():

@@ -367,6 +367,17 @@ def test_errors_in_the_engine_surface_to_the_caller() -> None:
             assert [r.status for r in engine.fetch([("a", srv.url + "/tile/1/0/0")])] == ["ok"]
 
 
+def test_forgotten_engine_releases_its_connections() -> None:
+    with TileServer(default_tile=tile(0, 0, 0)) as srv:
+        engine = TileFetchEngine(workers=2)
+        assert [r.status for r in engine.fetch([("a", srv.url + "/tile/1/0/0")])] == ["ok"]
+        conns, loop = engine._conns, engine._loop
+        assert len(conns) == 1 and loop is not None
+        del engine
+        gc.collect()
+        assert not conns and loop.is_closed()
+
+
 def test_two_threads_share_one_engine() -> None:
     wanted = [(6, r, c) for r in range(8) for c in range(10)]
     served = tiles_for(wanted)

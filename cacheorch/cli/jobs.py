@@ -73,7 +73,8 @@ def _plan_json(plan: JobPlan) -> dict[str, Any]:
     return {"job_id": None, "status": "planned", "output": plan.spec.output,
             "service": plan.service.location, "exporter": plan.spec.exporter.name,
             "tiles_planned": plan.tiles, "policies": list(plan.policy_notes),
-            "levels": [lv.to_json() for lv in plan.levels], "errors": []}
+            "levels": [lv.to_json() for lv in plan.levels],
+            "decisions": [d.to_json() for d in plan.decisions], "errors": []}
 
 
 @click.command("plan")
@@ -98,6 +99,16 @@ def plan_command(app: App, as_json: bool, token: str | None, **kw: Any) -> None:
     for lv in plan.levels:
         click.echo(f"{lv.lod.level:>5}  {lv.lod.scale:>16.6f}  {lv.lod.resolution:>18.10f}  "
                    f"{lv.tiles:>12,}  {lv.area_label}")
+    runs: list[tuple[int, int, str]] = []  # consecutive levels decided alike share one line
+    for decision in plan.decisions:
+        line = decision.summary()
+        if runs and runs[-1][2] == line and runs[-1][1] == decision.lod.level - 1:
+            runs[-1] = (runs[-1][0], decision.lod.level, line)
+        else:
+            runs.append((decision.lod.level, decision.lod.level, line))
+    for first, last, line in runs:
+        levels = str(first) if first == last else f"{first}-{last}"
+        click.echo(f"decision {levels:>7}  {line}")
     click.echo(f"total    {plan.tiles:,} tiles in {len(plan.levels)} levels → "
                f"{spec.exporter.name} {spec.output or '(default name)'}")
 

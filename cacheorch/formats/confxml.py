@@ -22,6 +22,7 @@ from cacheorch.tiling import Envelope, LevelOfDetail, SpatialReference, TilingSc
 __all__ = [
     "COMPACT_V2", "COMPACT_V1", "EXPLODED", "WEB_MERCATOR_WKT", "ConfInfo", "write_conf_xml",
     "write_conf_cdi", "read_conf_xml", "read_conf_xml_info", "read_conf_cdi", "conf_xml_bytes",
+    "read_conf_xml_bytes", "read_conf_cdi_bytes",
     "conf_cdi_bytes", "spatial_reference_wkt", "units_of", "parse_xml",
 ]
 
@@ -294,6 +295,11 @@ def read_conf_xml_info(path: str | os.PathLike[str]) -> ConfInfo:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise FormatError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    return read_conf_xml_bytes(data, where)
+
+
+def read_conf_xml_bytes(data: bytes, where: str) -> ConfInfo:
+    """:func:`read_conf_xml_info` of bytes already read (a package member); ``where`` names it."""
     root = parse_xml(data, where)
     if root.tag != "CacheInfo":
         raise FormatError(f"{where}: root element is <{root.tag}>, not <CacheInfo>")
@@ -336,9 +342,15 @@ def read_conf_cdi(path: str | os.PathLike[str]) -> Envelope | None:
     """The data extent from conf.cdi (None when it holds no numbers, e.g. NaN)."""
     where = str(path)
     try:
-        root = parse_xml(Path(path).read_bytes(), where)
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise FormatError(f"{where}: cannot read ({exc.strerror or exc})") from None
+    return read_conf_cdi_bytes(data, where)
+
+
+def read_conf_cdi_bytes(data: bytes, where: str) -> Envelope | None:
+    """:func:`read_conf_cdi` of bytes already read (a package member); ``where`` names it."""
+    root = parse_xml(data, where)
     if root.tag != "EnvelopeN":
         raise FormatError(f"{where}: root element is <{root.tag}>, not <EnvelopeN>")
     values = [_text(root, tag) for tag in ("XMin", "YMin", "XMax", "YMax")]
