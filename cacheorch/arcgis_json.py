@@ -6,13 +6,14 @@ description) parses the same way.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urljoin
 
 from cacheorch.errors import NotCachedError, SchemeError, ServiceError
 from cacheorch.interfaces import Service
 from cacheorch.tiling import Envelope, LevelOfDetail, SpatialReference, TilingScheme
 
 __all__ = ["scheme_from_tile_info", "service_from_json", "arcgis_error", "storage_format",
-           "service_name"]
+           "service_name", "tile_servers"]
 
 #: The data-frame name ArcMap/Pro give a map nobody renamed; it says nothing about the service.
 _DEFAULT_MAP_NAME = "Layers"
@@ -130,7 +131,7 @@ def service_from_json(location: str, data: Any) -> Service:
         name=str(data.get("mapName") or _DEFAULT_MAP_NAME))
     capabilities = frozenset(c.strip() for c in str(data.get("capabilities") or "").split(",")
                              if c.strip())
-    servers = tuple(s for s in (data.get("tileServers") or []) if isinstance(s, str) and s)
+    servers = tile_servers(location, data.get("tileServers"))
     max_export = data.get("maxExportTilesCount")
     return Service(
         location=location, scheme=scheme, kind=kind, name=service_name(location, data),
@@ -140,4 +141,24 @@ def service_from_json(location: str, data: Any) -> Service:
         and not isinstance(max_export, bool) else None,
         description=str(data.get("serviceDescription") or data.get("description") or ""),
         copyright=str(data.get("copyrightText") or ""),
+        storage_format=storage_format(data),
     )
+
+
+def tile_servers(location: str, value: Any) -> tuple[str, ...]:
+    """The ``tileServers`` hosts as absolute service URLs, without duplicates or query strings.
+
+    Hosted tile layers list hosts that serve the same cache (``tiles1.arcgis.com``...); some
+    write them protocol-relative (``//tiles1…``) or relative to the service. One that is the
+    service itself still counts: the list's order and length decide ``row % n``.
+    """
+    if not isinstance(value, list):
+        return ()
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            continue
+        url = urljoin(location + "/", item.strip()).split("?", 1)[0].split("#", 1)[0].rstrip("/")
+        if url.lower().startswith(("http://", "https://")) and url not in out:
+            out.append(url)
+    return tuple(out)

@@ -1,12 +1,19 @@
 """How cacheorch talks to a service: credentials, headers, timeouts, and redaction of secrets.
 
 One object carries the token so that every place that could print or store it (logs, errors,
-catalog rows, ``--json``) can call :meth:`Connection.redact` on the way out.
+catalog rows, ``--json``) can call :meth:`Connection.redact` on the way out. With a
+:class:`~cacheorch.tokens.TokenProvider` it also renews the token, once for however many requests
+were refused together, so the scale source and the tile fetcher share one token that outlives
+its expiry.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -14,11 +21,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 
 from cacheorch import __version__
+from cacheorch.tokens import TokenProvider
 
 __all__ = ["Connection", "redact_url", "USER_AGENT"]
 
 #: Identifies cacheorch to servers, as polite crawlers do.
 USER_AGENT = f"cacheorch/{__version__} (+https://pypi.org/project/cacheorch/)"
+log = logging.getLogger(__name__)
 _SECRET_PARAMS = {"token", "password", "client_secret", "apikey", "api_key", "key"}
 
 
@@ -38,6 +47,10 @@ class Connection:
 
     :param token: an ArcGIS token, sent as ``token=`` on every request; never stored or printed.
     :param referer: a Referer header (tokens issued with ``client=referer`` need it).
+    :param token_provider: where a new token comes from when the service refuses the current
+        one (or asks for one); None means the token is what it is.
+    :param max_renewals_per_minute: a server that rejects every fresh token would otherwise be
+        asked for a new one after every refused tile; past this rate renewal gives up.
     """
 
     token: str | None = None
@@ -46,13 +59,28 @@ class Connection:
     timeout: float = 30.0
     retries: int = 4
     headers: dict[str, str] = field(default_factory=dict)
+    token_provider: TokenProvider | None = None
+    max_renewals_per_minute: int = 10
+    #: When the current token expires (POSIX seconds), if its issuer said.
+    token_expires: float | None = None
+    #: The service tokens are for (the token service is found from it).
+    token_service: str | None = None
     _session: requests.Session | None = field(default=None, repr=False)
+    _token_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _renewals: deque[float] = field(default_factory=lambda: deque(maxlen=64), repr=False)
+    _retired: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
     def from_env(cls, token: str | None = None, referer: str | None = None, **kw: Any) -> Connection:
-        """Flags win; otherwise ``ARCGIS_TOKEN`` and ``ARCGIS_REFERER`` from the environment."""
-        return cls(token=token or os.environ.get("ARCGIS_TOKEN") or None,
-                   referer=referer or os.environ.get("ARCGIS_REFERER") or None, **kw)
+        """Flags win; otherwise ``ARCGIS_TOKEN`` and ``ARCGIS_REFERER`` from the environment.
+
+        ``ARCGIS_USERNAME`` and ``ARCGIS_PASSWORD`` give a token provider: a token is generated
+        when a service asks for one, and renewed when it expires.
+        """
+        referer = referer or os.environ.get("ARCGIS_REFERER") or None
+        if "token_provider" not in kw:
+            kw["token_provider"] = TokenProvider.from_env(referer=referer)
+        return cls(token=token or os.environ.get("ARCGIS_TOKEN") or None, referer=referer, **kw)
 
     def __repr__(self) -> str:  # never show the token
         return f"Connection(token={'***' if self.token else None}, referer={self.referer!r})"
@@ -79,12 +107,56 @@ class Connection:
             self._session = s
         return self._session
 
+    @property
+    def can_renew_token(self) -> bool:
+        """Whether a refused token can be replaced (a provider is configured)."""
+        return self.token_provider is not None
+
+    def renew_token(self, stale: str | None, url: str | None = None) -> str | None:
+        """Replace the token ``stale`` that a service refused; return the token to use now.
+
+        Many requests in flight fail together when a token expires; each calls this with the
+        token it used, and only the first one to arrive asks the provider: the others find the
+        token already replaced and get the new one at once. None means no new token can be had
+        (no provider, or the renewal rate limit was hit); an :class:`~cacheorch.errors.AuthError`
+        means the credentials were refused.
+
+        :param url: the service the token is for (remembered for later renewals).
+        """
+        with self._token_lock:
+            if url:
+                self.token_service = url
+            if self.token is not None and self.token != stale:
+                return self.token  # another request renewed it meanwhile
+            provider, service = self.token_provider, self.token_service
+            if provider is None or service is None:
+                return None
+            now = time.monotonic()
+            recent = [t for t in self._renewals if now - t < 60.0]
+            if len(recent) >= self.max_renewals_per_minute:
+                log.warning("not renewing the token again: %d renewals in the last minute; "
+                            "the service refuses fresh tokens", len(recent))
+                return None
+            issued = provider.generate(service, self.timeout)
+            self._renewals.append(now)
+            if self.token:
+                self._retired.append(self.token)
+            self.token, self.token_expires = issued.token, issued.expires
+            return self.token
+
     def redact(self, text: Any) -> str:
         """``text`` as a string with the token (and token-like URL parameters) removed."""
         out = str(text)
-        if self.token:
-            out = out.replace(self.token, "***")
+        for secret in self._secrets():
+            out = out.replace(secret, "***")
         return re.sub(r"(?i)([?&](?:token|password)=)[^&\s'\"]+", r"\1***", out)
+
+    def _secrets(self) -> list[str]:
+        secrets = [self.token] if self.token else []
+        secrets += self._retired
+        if self.token_provider is not None:
+            secrets += self.token_provider.secrets
+        return [s for s in secrets if s]
 
     def close(self) -> None:
         if self._session is not None:

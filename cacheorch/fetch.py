@@ -52,6 +52,8 @@ _SECRET_RE = re.compile(r"(?i)([?&](?:token|password|client_secret|apikey|api_ke
 _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_HEAD = 64 * 1024
+#: ArcGIS's "invalid or expired token" and "token required".
+_TOKEN_CODES = frozenset({498, 499})
 
 
 def redact_text(text: object) -> str:
@@ -500,12 +502,18 @@ class TileFetchEngine:
         server's message never reaches a log or catalog.
     :param trust_env: take proxies from ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``.
     :param ssl_context: for HTTPS; the system's trust store by default.
+    :param reauth: called with the URL of a request refused for its token (ArcGIS 498 invalid
+        or expired, 499 required; as an HTTP status or a JSON error body) and returns the URL
+        to retry with, carrying a renewed token, or None to fail the tile. It runs in a worker
+        thread, so it may block on a token service while other requests go on; each tile is
+        re-authorised at most once. An exception it raises ends the fetch.
     """
 
     def __init__(self, *, workers: int = 8, headers: dict[str, str] | None = None,
                  timeout: float = 30.0, retry: RetryPolicy | None = None,
                  redact: Callable[[str], str] = redact_text, trust_env: bool = True,
-                 ssl_context: ssl.SSLContext | None = None, max_redirects: int = 5) -> None:
+                 ssl_context: ssl.SSLContext | None = None, max_redirects: int = 5,
+                 reauth: Callable[[str], str | None] | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.workers = workers
@@ -514,6 +522,7 @@ class TileFetchEngine:
         self.redact = redact
         self.trust_env = trust_env
         self.max_redirects = max_redirects
+        self.reauth = reauth
         hdrs = {"User-Agent": USER_AGENT, "Accept": "*/*"}
         hdrs.update(headers or {})
         self._header_block = _header_block(hdrs)
@@ -771,6 +780,7 @@ class TileFetchEngine:
         attempt = 0
         redirects = 0
         stale_replays = 0
+        reauthorised = self.reauth is None
         while True:
             try:
                 resp = await self._request(url, begun)
@@ -795,6 +805,12 @@ class TileFetchEngine:
                 arcgis = _arcgis_error(body)
                 if arcgis is not None:
                     code, message = arcgis
+                    if code in _TOKEN_CODES and not reauthorised:
+                        reauthorised = True
+                        new_url = await self._reauth(url)
+                        if new_url is not None:
+                            url = new_url
+                            continue
                     if code in (500, 502, 503, 504) and attempt < retry.retries:
                         await self._pause(url, message, retry.delay(attempt))
                         attempt += 1
@@ -815,6 +831,13 @@ class TileFetchEngine:
             arcgis = _arcgis_error(resp.body)
             if arcgis is not None:
                 message += f" ({arcgis[1]})"
+            if not reauthorised and (status in _TOKEN_CODES
+                                     or (arcgis is not None and arcgis[0] in _TOKEN_CODES)):
+                reauthorised = True
+                new_url = await self._reauth(url)
+                if new_url is not None:
+                    url = new_url
+                    continue
             if (status >= 500 or status == 429) and attempt < retry.retries:
                 if status in (429, 503):
                     wait = retry.retry_after(resp.headers.get(b"retry-after"), attempt)
@@ -824,6 +847,11 @@ class TileFetchEngine:
                 attempt += 1
                 continue
             return "failed", None, self._fail(message, attempt)
+
+    async def _reauth(self, url: str) -> str | None:
+        """The URL with a renewed token, from :attr:`reauth` run off the event loop."""
+        assert self.reauth is not None and self._loop is not None
+        return await self._loop.run_in_executor(None, self.reauth, url)
 
     def _fail(self, message: str, attempt: int) -> str:
         tries = f" after {attempt + 1} attempts" if attempt else ""

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from cacheorch.connection import Connection
 
 __all__ = [
-    "Plugin", "NoOptions", "Service", "ScaleSource", "PolicyContext", "SelectionPolicy", "AOIGenerator",
+    "Plugin", "NoOptions", "Service", "LevelStatus", "ScaleSource", "PolicyContext",
+    "SelectionPolicy", "AOIGenerator",
     "AreaResolver", "TileResult",
     "TileFetcher", "TileSource", "BundleSink", "ExportSession", "Exporter", "ExportRequest",
     "staging_path",
@@ -80,10 +81,39 @@ class Service:
     max_export_tiles_count: int | None = None
     description: str = ""
     copyright: str = ""
+    #: ``esriMapCacheStorageMode…`` when the source says how tiles are stored (None: unknown).
+    storage_format: str | None = None
+    #: How complete each level is, for sources that know (a server cache's Status.gdb).
+    level_status: tuple[LevelStatus, ...] = ()
 
     @property
     def full_extent(self) -> Envelope | None:
         return self.scheme.full_extent
+
+    def status_of(self, level: int) -> LevelStatus | None:
+        """The completeness of ``level``, when the source reported it."""
+        return next((s for s in self.level_status if s.level == level), None)
+
+
+@dataclass(frozen=True)
+class LevelStatus:
+    """How complete one level of a cache is: bundles done out of bundles recorded.
+
+    ``done`` is None when the status rows say nothing readable about completion; ``percent``
+    is the mean completion the rows give (or ``done / bundles`` when they only say yes or no).
+    """
+
+    level: int
+    bundles: int
+    done: int | None = None
+    percent: float | None = None
+
+    def describe(self) -> str:
+        """``12/40 bundles (30%)``: one cell for ``scales``."""
+        if self.done is None:
+            return f"{self.bundles} bundles, completion unknown"
+        pct = f" ({self.percent:.0f}%)" if self.percent is not None else ""
+        return f"{self.done}/{self.bundles} bundles{pct}"
 
 
 class ScaleSource(Plugin, abc.ABC):
@@ -127,6 +157,11 @@ class PolicyContext(abc.ABC):
     @abc.abstractmethod
     def tiles(self, level: int) -> int:
         """The planned tile count of ``level`` over its area (what ``plan`` would show)."""
+
+    def tiles_at_least(self, level: int) -> int:
+        """A lower bound of :meth:`tiles`, cheap when the exact count is not (the area over one
+        tile's area), so a budget can drop a level far too big without counting it."""
+        return self.tiles(level)
 
     @abc.abstractmethod
     def sample_bytes(self, level: int) -> float | None:

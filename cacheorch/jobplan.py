@@ -262,6 +262,21 @@ class PlanContext(PolicyContext):
             self._counts[level] = count_level(self._service.scheme, level, self.area(level)[0])
         return self._counts[level]
 
+    def tiles_at_least(self, level: int) -> int:
+        if level in self._counts:
+            return self._counts[level]
+        import shapely
+        scheme = self._service.scheme
+        area = self.area(level)[0]
+        grid = scheme.grid_bounds()
+        if grid is not None and not area.is_empty:
+            x0, y0, x1, y1 = area.bounds
+            if x0 < grid[0] or y0 < grid[1] or x1 > grid[2] or y1 > grid[3]:
+                area = shapely.intersection(area, shapely.box(*grid))
+        span_x, span_y = scheme.tile_span(level)
+        # the tiles meeting an area cover it, so they number at least its area over a tile's
+        return max(int(area.area / (span_x * span_y) * (1 - 1e-9)), 0)
+
     def sample_bytes(self, level: int) -> float | None:
         if level not in self._sizes:
             from cacheorch.sampling import mean_size, sample_keys

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 from cacheorch.connection import Connection
 from cacheorch.errors import CacheorchError, JobFailedError, OutputExistsError, UsageError
 from cacheorch.events import BundleDone, JobFinished, JobStarted, emit
-from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, staging_path
+from cacheorch.interfaces import ExportRequest, ExportSession, staging_path
 from cacheorch.jobplan import JobPlan
 from cacheorch.planner import BundlePlan
+from cacheorch.writer import BundleWriterThread
 
 if TYPE_CHECKING:
     from cacheorch.catalog import Catalog
@@ -48,7 +49,6 @@ class JobOutcome:
 @dataclass
 class _OpenBundle:
     plan: BundlePlan
-    sink: BundleSink | None = None
     seen: int = 0
     written: int = 0
     missing: int = 0
@@ -112,9 +112,8 @@ class _Run:
         if skipped:
             self.progress(skipped)
 
-    def _finish_bundle(self, key: tuple[int, int, int], state: _OpenBundle) -> None:
-        if state.sink is not None:
-            state.sink.close()  # durable before the catalog hears of it
+    def _bundle_done(self, key: tuple[int, int, int], state: _OpenBundle) -> None:
+        """On the writer thread, once the bundle is durable: checkpoint it in the catalog."""
         level, brow, bcol = key
         self.catalog.record_bundle(self.job_id, level=level, bundle_row=brow, bundle_col=bcol,
                                    written=state.written, missing=state.missing,
@@ -127,44 +126,47 @@ class _Run:
         emit(self.plugins.pm, BundleDone(self.job_id, level=level, bundle_row=brow, bundle_col=bcol,
                                          written=state.written, missing=state.missing,
                                          failed=state.failed, bytes=state.bytes))
-        del self.open[key]
 
     def fetch_all(self, skip: dict[tuple[int, int, int], int]) -> None:
         source = self.plan.tile_source
         if source is None:
             raise CacheorchError("the plan was made without a tile source")
+        writer = BundleWriterThread(self.session, self._bundle_done)
         pending = 0
-        with source.open(self.plan.service, self.connection, self.plan.spec.workers) as fetcher:
-            for result in fetcher.fetch(self._keys(skip)):
-                k = result.key
-                key = (k.level, *k.bundle)
-                state = self.open[key]
-                if result.status == "ok" and result.data is not None:
-                    if state.sink is None:
-                        state.sink = self.session.open_bundle(*key)
-                    state.sink.add(k.row, k.col, result.data)
-                    state.written += 1
-                    state.bytes += len(result.data)
-                elif result.status == "missing":
-                    state.missing += 1
-                else:
-                    state.failed += 1
-                    state.errors.append((k.row, k.col, self.connection.redact(result.error or "failed")))
-                state.seen += 1
-                if state.seen == state.plan.tile_count:
-                    self._finish_bundle(key, state)
-                pending += 1
-                if pending >= _PROGRESS_STEP:
-                    self.progress(pending)
-                    pending = 0
+        try:
+            with source.open(self.plan.service, self.connection, self.plan.spec.workers) as fetcher:
+                for result in fetcher.fetch(self._keys(skip)):
+                    k = result.key
+                    key = (k.level, *k.bundle)
+                    state = self.open[key]
+                    if result.status == "ok" and result.data is not None:
+                        writer.add(key, k.row, k.col, result.data)
+                        state.written += 1
+                        state.bytes += len(result.data)
+                    elif result.status == "missing":
+                        state.missing += 1
+                    else:
+                        state.failed += 1
+                        state.errors.append((k.row, k.col,
+                                             self.connection.redact(result.error or "failed")))
+                    state.seen += 1
+                    if state.seen == state.plan.tile_count:
+                        del self.open[key]
+                        writer.finish(key, state)
+                    pending += 1
+                    if pending >= _PROGRESS_STEP:
+                        writer.check()
+                        self.progress(pending)
+                        pending = 0
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
         self.progress(pending)
         if self.open:  # a fetcher that dropped results would otherwise pass unnoticed
             raise CacheorchError(f"the tile source returned no result for {len(self.open)} bundle(s)")
 
     def abort_open(self) -> None:
-        for state in self.open.values():
-            if state.sink is not None:
-                state.sink.abort()
         self.open.clear()
 
 

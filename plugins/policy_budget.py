@@ -105,7 +105,8 @@ def fit_budget(levels: Sequence[LevelOfDetail], budget: float, prefer: str,
                 kept.add(lod.level)
                 reasons[lod.level] = f"{show(value)}, {show(used)} in all"
                 continue
-            reasons[lod.level] = f"{show(value)} would make {show(used + value)}, over {show(budget)}"
+            reasons[lod.level] = (f"{show(value)} would make {show(used + value)}" if used else
+                                  show(value)) + f", over {show(budget)}"
         if prefer == "coarse":
             stopped_at = lod.level
     return kept, reasons
@@ -203,11 +204,10 @@ class MaxBytesPolicy(_Budget):
                                    lambda level: ctx.tiles(level) * size(level),
                                    lambda level: ctx.tiles_at_least(level) * size(level),
                                    format_bytes)
-        for level in candidates:  # say what each estimate rests on
-            n, per = ctx.tiles(level) if level in kept else None, sizes.get(level)
-            basis = (f"{n:,} tiles × {format_bytes(per)}" if n is not None and per is not None
-                     else "sampled size of a nearby level" if per is None and level in kept else "")
-            reasons[level] = f"≈ {reasons[level]}" + (f" ({basis})" if basis else "")
+        for level in kept:  # say what each estimate rests on
+            per = sizes.get(level)
+            reasons[level] += (f" ({ctx.tiles(level):,} tiles × {format_bytes(per)} sampled)"
+                               if per is not None else " (tile size of a nearby level)")
         self._reasons = reasons
         return self._keep(levels, kept)
 

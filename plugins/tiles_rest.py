@@ -3,14 +3,20 @@
 This module only turns tile keys into URLs and a :class:`~cacheorch.connection.Connection` into
 engine settings; the HTTP work (concurrency, retries, classification of answers) is
 :mod:`cacheorch.fetch`, so scripts can use the same engine without the plugin machinery.
+
+Tokens: every URL carries the connection's *current* token, read when the URL is made, so once a
+token is renewed every later tile uses the new one; a tile refused with 498/499 asks the
+connection to renew (one renewal serves every tile refused together) and is retried once.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from cacheorch.errors import AuthError, CacheorchError
 from cacheorch.fetch import RetryPolicy, TileFetchEngine
 from cacheorch.hookspecs import hookimpl
 from cacheorch.interfaces import Service, TileFetcher, TileResult, TileSource
@@ -19,7 +25,10 @@ from cacheorch.tiling import TileKey
 if TYPE_CHECKING:
     from cacheorch.connection import Connection
 
-__all__ = ["RestTileSource", "RestTileFetcher", "tile_url_maker", "cacheorch_register_tile_sources"]
+__all__ = ["RestTileSource", "RestTileFetcher", "tile_url_maker", "with_token",
+           "cacheorch_register_tile_sources"]
+
+log = logging.getLogger(__name__)
 
 
 def tile_url_maker(service: Service, connection: Connection) -> Callable[[TileKey], str]:
@@ -31,19 +40,63 @@ def tile_url_maker(service: Service, connection: Connection) -> Callable[[TileKe
     """
     bases = [b.split("?", 1)[0].rstrip("/") + "/tile/"
              for b in (service.tile_servers or (service.location,))]
-    params = connection.params()
-    query = "?" + urlencode(params) if params else ""
+    # The query string is rebuilt only when the token changes: a renewal reaches the next URL.
+    made: list[object] = [object(), ""]  # [token the query was made with, query]
+
+    def query() -> str:
+        token = connection.token
+        if token is not made[0]:
+            params = connection.params()
+            made[:] = [token, "?" + urlencode(params) if params else ""]
+        return made[1]  # type: ignore[return-value]
+
     if len(bases) == 1:
         base = bases[0]
 
         def url(key: TileKey) -> str:
-            return f"{base}{key.level}/{key.row}/{key.col}{query}"
+            return f"{base}{key.level}/{key.row}/{key.col}{query()}"
     else:
         n = len(bases)
 
         def url(key: TileKey) -> str:
-            return f"{bases[key.row % n]}{key.level}/{key.row}/{key.col}{query}"
+            return f"{bases[key.row % n]}{key.level}/{key.row}/{key.col}{query()}"
     return url
+
+
+def with_token(url: str, token: str) -> str:
+    """``url`` with its ``token`` parameter set to ``token`` (added if absent)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
+    query.append(("token", token))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _token_of(url: str) -> str | None:
+    for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if k == "token":
+            return v
+    return None
+
+
+def token_renewer(service: Service, connection: Connection) -> Callable[[str], str | None]:
+    """The engine's ``reauth``: renew the token a refused URL carried; the URL with the new one.
+
+    Credentials refused by the token service end the job (every tile would fail the same way);
+    a token service that cannot be reached fails only the tile, so a resume can pick it up.
+    """
+    def reauth(url: str) -> str | None:
+        used = _token_of(url)
+        try:
+            token = connection.renew_token(used, service.location)
+        except AuthError:
+            raise
+        except CacheorchError as exc:
+            log.warning("token renewal failed: %s", connection.redact(exc))
+            return None
+        if not token or token == used:
+            return None
+        return with_token(url, token)
+    return reauth
 
 
 class RestTileFetcher(TileFetcher):
@@ -90,6 +143,7 @@ class RestTileSource(TileSource):
                               backoff_cap=opts.backoff_cap, retry_after_cap=opts.retry_after_cap),
             redact=connection.redact,
             trust_env=opts.trust_env,
+            reauth=token_renewer(service, connection) if connection.can_renew_token else None,
         )
         return RestTileFetcher(engine, service, connection)
 

@@ -83,6 +83,11 @@ class TileServer:
         without answering: an idle timeout that races the client's request (counted in
         ``dropped``, not in ``requests``).
     :param ssl_context: serve HTTPS.
+    :param tilemap: answer ``/tilemap/{level}/{row}/{col}/{width}/{height}`` (spec §2.3): ``data``
+        is 1 where a tile would be served (in ``tiles``, or ``default_tile``, and not in
+        ``missing`` or ``blank``), clipped to the bundle of the top-left tile (``adjusted``).
+    :param tilemap_status: (level, row, col) of a tilemap's top-left tile → (status, body):
+        answer that instead (422, 500, a ``valid: false`` body...).
     """
 
     def __init__(self, tiles: dict[Key, bytes] | None = None, *, name: str = "Test",
@@ -96,7 +101,9 @@ class TileServer:
                  chunked: Iterable[Key] = (), redirect: dict[Key, str] | None = None,
                  no_length: Iterable[Key] = (), gzipped: Iterable[Key] = (),
                  delay: float | dict[Key, float] = 0.0, drop_keepalive: bool = False,
-                 reset_reused: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
+                 reset_reused: bool = False, ssl_context: ssl.SSLContext | None = None,
+                 tilemap: bool = False,
+                 tilemap_status: dict[Key, tuple[int, bytes]] | None = None) -> None:
         self.tiles = dict(tiles or {})
         self.default_tile = default_tile
         self.name, self.kind = name, kind
@@ -116,6 +123,8 @@ class TileServer:
         #: Requests closed unanswered by ``reset_reused``.
         self.dropped = 0
         self.ssl_context = ssl_context
+        self.tilemap = tilemap
+        self.tilemap_status = dict(tilemap_status or {})
         #: Requests per path (without the query string).
         self.requests: Counter[str] = Counter()
         #: (path, query parameters, headers) of every request, in arrival order.
@@ -173,6 +182,8 @@ class TileServer:
             if self.service is None:
                 return self._send(h, 404, HTML_404, "text/html")
             return self._send(h, 200, json.dumps(self.service).encode(), "application/json")
+        if self.tilemap and path.startswith(self.prefix + "/tilemap/"):
+            return self._tilemap(h, path)
         key = self._key(path)
         if key is None:
             return self._send(h, 404, HTML_404, "text/html")
@@ -240,6 +251,24 @@ class TileServer:
             return self._send(h, 200, gzip.compress(tile), _content_type(tile),
                               {"Content-Encoding": "gzip"})
         return self._send(h, 200, tile, _content_type(tile))
+
+    def _tilemap(self, h: BaseHTTPRequestHandler, path: str) -> None:
+        parts = path[len(self.prefix + "/tilemap/"):].split("/")
+        if len(parts) != 5 or not all(p.isdigit() for p in parts):
+            return self._send(h, 404, HTML_404, "text/html")
+        level, top, left, width, height = map(int, parts)
+        if (level, top, left) in self.tilemap_status:
+            code, body = self.tilemap_status[(level, top, left)]
+            return self._send(h, code, body, "application/json" if body[:1] == b"{" else "text/html")
+        # the server clips a request crossing a bundle line to the top-left tile's bundle
+        w = min(width, 128 - left % 128)
+        hgt = min(height, 128 - top % 128)
+        data = [int((level, r, c) not in self.missing and (level, r, c) not in self.blank
+                    and ((level, r, c) in self.tiles or self.default_tile is not None))
+                for r in range(top, top + hgt) for c in range(left, left + w)]
+        body = {"adjusted": (w, hgt) != (width, height), "valid": True, "data": data,
+                "location": {"left": left, "top": top, "width": w, "height": hgt}}
+        return self._send(h, 200, json.dumps(body).encode(), "application/json")
 
     def _key(self, path: str) -> Key | None:
         head = self.prefix + "/tile/"

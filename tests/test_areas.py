@@ -207,6 +207,27 @@ def test_geojson_into_nztm(tmp_path):
     assert max(area.exterior.distance(shapely.Point(x, y)) for x, y in zip(xs, ys)) < 0.01
 
 
+def test_long_edges_follow_their_curve_in_nztm(tmp_path):
+    """A parallel is curved in NZTM: the outline must follow it, not cut its chord."""
+    ring = [[166.5, -47.0], [178.5, -47.0], [178.5, -34.5], [166.5, -34.5], [166.5, -47.0]]
+    area = from_file(write(tmp_path, feature([ring])), service(NZTM))
+    lons = [166.5 + i * 0.3 for i in range(41)]
+    for lat in (-47.0, -34.5):
+        xs, ys = to_3857(lons, [lat] * len(lons), "EPSG:2193")
+        # densified every 0.25°, the chords stay within metres of the curve (the chord of the
+        # whole edge would miss it by kilometres)
+        assert max(area.exterior.distance(shapely.Point(x, y)) for x, y in zip(xs, ys)) < 20.0
+
+
+def test_projection_to_web_mercator_stops_at_its_latitude_limit():
+    from cacheorch.areas import project
+    wgs84, mercator = crs_of(4326, "t"), crs_of(3857, "t")
+    out = project(box(-10, 60, 10, 90), wgs84, mercator, "t")
+    assert out.bounds[3] == pytest.approx(H, rel=1e-9)
+    assert project(box(-180, -90, 180, 90), wgs84, mercator, "t").bounds == pytest.approx(
+        (-H, -H, H, H), rel=1e-9)
+
+
 def test_polar_latitudes_are_clamped_for_web_mercator(tmp_path):
     ring = [[-30, 70], [30, 70], [30, 89.9], [-30, 89.9], [-30, 70]]
     area = from_file(write(tmp_path, feature([ring])))

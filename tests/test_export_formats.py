@@ -410,16 +410,7 @@ def test_open_cache_on_an_unzipped_package(fixtures):
         assert cache.get_tile(0, 0, 0) == raw[offset:offset + size]
 
 
-def test_open_cache_refuses_what_is_not_supported_yet(fixtures, tmp_path):
-    with pytest.raises(FormatError, match="Compact V1.*not supported yet"):
-        open_cache(fixtures / "gwc" / "compactcacheV1")
-    with pytest.raises(FormatError, match="not supported yet"):
-        open_cache(fixtures / "tpk_v1" / "states_filled.tpk")
-    exploded = tmp_path / "exploded"
-    exploded.mkdir()
-    shutil.copy(fixtures / "gwc" / "arcgis_10.1_conf.xml", exploded / "conf.xml")
-    with pytest.raises(FormatError, match="exploded.*not supported yet"):
-        open_cache(exploded)
+def test_open_cache_refuses_what_is_not_a_cache(fixtures, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FormatError, match="not a tile cache folder"):
         open_cache(tmp_path / "empty")

@@ -278,3 +278,23 @@ def test_two_processes_open_a_new_catalog_at_once(tmp_path: Path) -> None:
         assert sorted(r[0] for r in con.execute("SELECT name FROM jobs")) == ["p0", "p1"]
     finally:
         con.close()
+
+
+def test_shipped_head_without_alembic_matches_alembic() -> None:
+    """The fast check that skips Alembic on open must agree with Alembic's own head."""
+    from cacheorch.catalog.migrate import head
+    from cacheorch.catalog.revision import shipped_head
+    assert shipped_head() == head()
+
+
+def test_opening_a_current_catalog_does_not_import_alembic(tmp_path) -> None:
+    import subprocess
+    import sys
+    path = tmp_path / "c.sqlite"
+    from cacheorch.catalog import Catalog
+    Catalog.open(path).close()
+    code = ("import sys; from cacheorch.catalog import Catalog; Catalog.open(sys.argv[1]).close(); "
+            "print('alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

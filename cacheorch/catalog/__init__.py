@@ -4,7 +4,16 @@ Opening a catalog migrates it to the newest schema (Alembic, shipped as ``cacheo
 """
 from __future__ import annotations
 
-from cacheorch.catalog.migrate import current, downgrade, head, upgrade
+from typing import Any
+
 from cacheorch.catalog.store import Catalog
 
 __all__ = ["Catalog", "upgrade", "current", "head", "downgrade"]
+
+
+def __getattr__(name: str) -> Any:
+    """The migration helpers import Alembic, so they load only when asked for."""
+    if name in ("upgrade", "current", "head", "downgrade"):
+        from cacheorch.catalog import migrate
+        return getattr(migrate, name)
+    raise AttributeError(name)

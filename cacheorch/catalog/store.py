@@ -13,13 +13,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from cacheorch.catalog.engine import OnConnect, make_engine, writer
-from cacheorch.catalog.migrate import migrate_engine
+from cacheorch.catalog.revision import at_shipped_head
 from cacheorch.catalog.models import (
     JOB_STATUSES, Job, JobBundle, JobEvent, JobLevel, JobTileError, Service, utcnow,
 )
@@ -69,6 +68,9 @@ class Catalog:
             raise CatalogError(
                 f"cannot create the folder of catalog {path}: {exc.strerror}") from exc
         engine = make_engine(path, on_connect=on_connect)
+        if at_shipped_head(path):  # the common case: no migration, no Alembic import
+            return cls(path, engine, redact)
+        from cacheorch.catalog.migrate import migrate_engine
         try:
             migrate_engine(engine, path)
         except BaseException:
@@ -98,6 +100,7 @@ class Catalog:
 
     def current_revision(self) -> str | None:
         """The Alembic revision of the file (head, right after :meth:`open`)."""
+        from alembic.runtime.migration import MigrationContext
         with self._read() as session:
             return MigrationContext.configure(session.connection()).get_current_revision()
 

@@ -92,21 +92,40 @@ def scales_command(app: App, source: str, source_name: str | None, token: str | 
         connection.close()
     scheme = service.scheme
     tiled = set(scheme.tiled_levels)
+    statuses = {s.level: s for s in service.level_status}
     if as_json:
+        levels: list[dict[str, Any]] = []
+        for lod in scheme.lods:
+            row: dict[str, Any] = {"level": lod.level, "scale": lod.scale,
+                                   "resolution": lod.resolution, "tiled": lod.level in tiled}
+            if statuses:  # only sources that know completeness (a Status.gdb) say it
+                st = statuses.get(lod.level)
+                row["completeness"] = None if st is None else {
+                    "bundles": st.bundles, "done": st.done, "percent": st.percent}
+            levels.append(row)
         click.echo(json.dumps({
             "location": service.location, "kind": service.kind, "name": service.name,
             "spatialReference": scheme.spatial_reference.to_json(),
             "tile_size": [scheme.tile_cols, scheme.tile_rows], "dpi": scheme.dpi,
             "origin": [scheme.origin_x, scheme.origin_y], "format": scheme.tile_format,
-            "levels": [{"level": lod.level, "scale": lod.scale, "resolution": lod.resolution,
-                        "tiled": lod.level in tiled} for lod in scheme.lods],
+            "storage_format": service.storage_format,
+            "capabilities": sorted(service.capabilities),
+            "levels": levels,
         }, indent=2))
         return
+    storage = f", {service.storage_format.removeprefix('esriMapCacheStorageMode')}" \
+        if service.storage_format else ""
     click.echo(f"{service.location}: {service.kind} {service.name!r}, {scheme.spatial_reference}, "
-               f"{scheme.tile_cols}×{scheme.tile_rows} px, {scheme.dpi} dpi, {scheme.tile_format}")
-    click.echo(f"{'level':>5}  {'scale':>18}  {'resolution':>20}")
+               f"{scheme.tile_cols}×{scheme.tile_rows} px, {scheme.dpi} dpi, {scheme.tile_format}"
+               f"{storage}")
+    click.echo(f"{'level':>5}  {'scale':>18}  {'resolution':>20}"
+               + ("  completeness" if statuses else ""))
     for lod in scheme.lods:
         note = "" if lod.level in tiled else "  (no tiles)"
+        if statuses:
+            st = statuses.get(lod.level)
+            note = "  " + (st.describe() if st is not None else "no status") + \
+                ("" if lod.level in tiled else " (no tiles)")
         click.echo(f"{lod.level:>5}  {lod.scale:>18.6f}  {lod.resolution:>20.12f}{note}")
 
 

@@ -139,6 +139,18 @@ def _index_from_bytes(raw: bytes, where: str) -> array:
     return index
 
 
+_LENGTH = struct.Struct("<I")
+
+
+def _writev(fd: int, head: bytes, body: bytes) -> None:
+    """Write ``head`` then ``body`` to ``fd`` completely, in one system call where the OS allows."""
+    done = os.writev(fd, [head, body]) if hasattr(os, "writev") else 0
+    if done < len(head) + len(body):  # rare: a short write (or no writev); finish plainly
+        rest = memoryview(head + body)[done:]
+        while rest:
+            rest = rest[os.write(fd, rest):]
+
+
 class BundleWriter:
     """Writes one bundle incrementally: tile bytes go to disk as they arrive, only the index is kept.
 
@@ -193,8 +205,12 @@ class BundleWriter:
         offset = self._end + 4
         if offset + size > _OFFSET_MASK:
             raise ExportError(f"{self.path.name}: bundle would exceed 1 TiB, the format's limit")
-        self._file.write(struct.pack("<I", size))
-        self._file.write(data)
+        if len(data) >= 8192:  # one system call for prefix and tile; small tiles stay buffered
+            self._file.flush()
+            _writev(self._file.fileno(), _LENGTH.pack(size), data)
+        else:
+            self._file.write(_LENGTH.pack(size))
+            self._file.write(data)
         self._end = offset + size
         self._index[slot] = offset | (size << 40)
         self._largest = max(self._largest, size)

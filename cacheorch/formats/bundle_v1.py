@@ -126,7 +126,8 @@ class BundleV1Reader:
         For tests and tools: the cache reader uses positioned reads instead.
         """
         bundle_path = os.fspath(bundle)
-        bundlx_path = os.fspath(bundlx) if bundlx is not None else bundle_path[:-len(".bundle")] + ".bundlx"
+        bundlx_path = os.fspath(bundlx) if bundlx is not None \
+            else bundle_path[:-len(".bundle")] + ".bundlx"
         with open(bundle_path, "rb") as f:
             data = f.read()
         with open(bundlx_path, "rb") as f:

@@ -1,57 +1,53 @@
-"""Open a Compact V2 cache folder or a .tpkx package and read tiles from it, for ``serve`` and tests.
+"""Open a tile cache or package and read tiles from it: for ``serve``, the ``cache`` tile source, tests.
 
-Packages are read in place: bundles are STORED zip entries, so a tile is two positioned reads
-(index entry, tile bytes) in the package file, never an extraction. Every read is an ``os.pread``
-on a descriptor held for the cache's lifetime (packages) or opened per call (folders), so many
-threads may read at once without sharing a file position.
+Every layout ArcGIS writes is read: Compact V2 and Compact V1 folders, exploded folders, .tpkx and
+.tpk packages (see :mod:`cacheorch.formats.locate` for the paths that name them). Packages are
+read in place: a stored bundle is a byte range of the package, so a tile is a few positioned reads
+(index entry, tile bytes), never an extraction. Every read is an ``os.pread``, on a descriptor held
+for the cache's lifetime (packages, which cannot change under us) or opened per bundle (folders,
+whose files a running cache job may replace), so many threads may read at once.
+
+Tile bytes come back exactly as stored. Whether they are an image is the caller's question: the
+``cache`` tile source checks, while ``serve`` passes them on as ArcGIS would.
 """
 from __future__ import annotations
 
+import abc
 import json
 import os
+import re
 import struct
 import threading
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cacheorch.errors import FormatError
 from cacheorch.formats.bundle import (
-    BundleReader,
-    HEADER_SIZE, bundle_name, decode_entry, index_slot, level_folder, parse_bundle_name, read_header,
+    HEADER_SIZE, INDEX_SIZE, bundle_name, decode_entry, index_slot, level_folder, parse_bundle_name,
+    read_header,
 )
-from cacheorch.formats.confxml import COMPACT_V1, COMPACT_V2, EXPLODED, read_conf_cdi, read_conf_xml_info
+from cacheorch.formats.bundle_v1 import BundleV1Reader, bundlx_name
+from cacheorch.formats.confxml import (
+    COMPACT_V1, COMPACT_V2, EXPLODED, read_conf_cdi, read_conf_cdi_bytes, read_conf_xml_bytes,
+    read_conf_xml_info,
+)
+from cacheorch.formats.exploded import ExplodedBundle, ExplodedCache
+from cacheorch.formats.locate import CacheLocation, find_ci, find_conf_xml, locate_cache
 from cacheorch.formats.rootjson import read_root_json, root_json_storage
+from cacheorch.formats.tpk import Span, TilePackage
 from cacheorch.tiling import BUNDLE_SIZE, Envelope, TilingScheme
 
-__all__ = ["TileCache", "open_cache", "find_conf_xml"]
+__all__ = ["TileCache", "BundleView", "open_cache", "find_conf_xml", "STORAGE_LABELS"]
 
-_LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header, 30 bytes
 _BundleKey = tuple[int, int, int]
-
-
-def find_conf_xml(folder: Path) -> Path | None:
-    """conf.xml in ``folder`` whatever its case (``Conf.xml`` exists in the wild)."""
-    try:
-        for entry in folder.iterdir():
-            if entry.name.lower() == "conf.xml" and entry.is_file():
-                return entry
-    except OSError:
-        return None
-    return None
-
-
-def _find_ci(folder: Path, name: str) -> Path | None:
-    try:
-        for entry in folder.iterdir():
-            if entry.name.lower() == name.lower():
-                return entry
-    except OSError:
-        return None
-    return None
-
+_LEVEL = re.compile(r"^[Ll](\d{1,3})$")
+#: How storage formats are named to people.
+STORAGE_LABELS = {COMPACT_V2: "Compact V2", COMPACT_V1: "Compact V1 (bundle + bundlx)",
+                  EXPLODED: "exploded"}
 
 if hasattr(os, "pread"):
     _pread = os.pread
@@ -64,148 +60,402 @@ else:  # Windows: no positioned read, so serialise seek + read
             return os.read(fd, size)
 
 
-@dataclass(frozen=True)
-class _Range:
-    """Where a bundle's bytes are: a file (folder cache) or a byte range of the package."""
+# -- byte access ----------------------------------------------------------------------------------
 
-    path: Path | None
-    base: int
-    length: int
+class _Files:
+    """Descriptors: one per shared file (package, inflated copy) for the cache's lifetime."""
 
+    def __init__(self) -> None:
+        self._shared: dict[Path, int] = {}
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def open(self, span: Span) -> tuple[int, int, Callable[[], None]]:
+        """(descriptor, length, release) for a span; ``release`` closes a per-use descriptor."""
+        if span.shared:
+            with self._lock:
+                if self.closed:
+                    raise FormatError(f"{span.path}: the cache is closed")
+                fd = self._shared.get(span.path)
+                if fd is None:
+                    fd = os.open(span.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                    self._shared[span.path] = fd
+            return fd, span.length, _nothing
+        fd = os.open(span.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        length = span.length if span.length >= 0 else os.fstat(fd).st_size
+        return fd, length, lambda: os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            for fd in self._shared.values():
+                os.close(fd)
+            self._shared.clear()
+
+
+def _nothing() -> None:
+    return None
+
+
+def _reader(fd: int, base: int, length: int, what: str) -> Callable[[int, int], bytes]:
+    """A positioned-read function over ``length`` bytes at ``base``, checking every bound."""
+    def read(offset: int, size: int) -> bytes:
+        if offset < 0 or offset + size > length:
+            raise FormatError(f"{what}: {size} bytes at {offset} lie past the end ({length} bytes)")
+        data = _pread(fd, size, base + offset)
+        if len(data) != size:
+            raise FormatError(f"{what}: short read at {offset} ({len(data)} of {size} bytes)")
+        return data
+    return read
+
+
+# -- one bundle -----------------------------------------------------------------------------------
+
+class BundleView(abc.ABC):
+    """One bundle (a 128×128 block of one level) open for many reads.
+
+    Why: the tile source reads tiles bundle after bundle, so it opens each bundle once and
+    validates its header once, instead of paying that per tile.
+    """
+
+    @abc.abstractmethod
+    def get(self, row: int, col: int) -> bytes | None:
+        """The tile's bytes, or None when the bundle has no such tile (absolute row and column)."""
+
+    @abc.abstractmethod
+    def tiles(self) -> Iterator[tuple[int, int, bytes]]:
+        """(row, col, bytes) of every tile present, through the index."""
+
+    def close(self) -> None:
+        """Release the bundle's file."""
+
+    def __enter__(self) -> BundleView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _V2View(BundleView):
+    def __init__(self, read: Callable[[int, int], bytes], release: Callable[[], None],
+                 key: _BundleKey, what: str) -> None:
+        self._read = read
+        self._release = release
+        self.key = key
+        self.what = what
+        try:
+            read_header(read(0, HEADER_SIZE), what)
+        except BaseException:
+            release()
+            raise
+
+    def get(self, row: int, col: int) -> bytes | None:
+        raw = self._read(HEADER_SIZE + 8 * index_slot(row, col), 8)
+        offset, size = decode_entry(struct.unpack("<Q", raw)[0])
+        return self._read(offset, size) if size else None
+
+    def tiles(self) -> Iterator[tuple[int, int, bytes]]:
+        index = array("Q")
+        index.frombytes(self._read(HEADER_SIZE, INDEX_SIZE))
+        if struct.pack("=H", 1) != struct.pack("<H", 1):  # big-endian host
+            index.byteswap()
+        _, brow, bcol = self.key
+        for slot, value in enumerate(index):
+            offset, size = decode_entry(value)
+            if size:
+                yield (brow + slot // BUNDLE_SIZE, bcol + slot % BUNDLE_SIZE, self._read(offset, size))
+
+    def close(self) -> None:
+        self._release()
+        self._release = _nothing
+
+
+class _V1View(BundleView):
+    def __init__(self, reader: BundleV1Reader, release: Callable[[], None]) -> None:
+        self._reader = reader
+        self._release = release
+
+    def get(self, row: int, col: int) -> bytes | None:
+        return self._reader.get(row, col)
+
+    def tiles(self) -> Iterator[tuple[int, int, bytes]]:
+        return self._reader.tiles()
+
+    def close(self) -> None:
+        self._release()
+        self._release = _nothing
+
+
+class _ExplodedView(BundleView):
+    def __init__(self, bundle: ExplodedBundle) -> None:
+        self._bundle = bundle
+
+    def get(self, row: int, col: int) -> bytes | None:
+        return self._bundle.get(row, col)
+
+    def tiles(self) -> Iterator[tuple[int, int, bytes]]:
+        return self._bundle.tiles()
+
+    def close(self) -> None:
+        self._bundle.close()
+
+
+# -- layouts: where each storage format keeps its bundles -----------------------------------------
+
+class _Layout(abc.ABC):
+    storage_format: str
+
+    @abc.abstractmethod
+    def open_bundle(self, key: _BundleKey) -> BundleView | None: ...
+
+    @abc.abstractmethod
+    def bundle_keys(self) -> list[_BundleKey]: ...
+
+    def get_tile(self, level: int, row: int, col: int) -> bytes | None:
+        key = (level, row // BUNDLE_SIZE * BUNDLE_SIZE, col // BUNDLE_SIZE * BUNDLE_SIZE)
+        view = self.open_bundle(key)
+        if view is None:
+            return None
+        with view:
+            return view.get(row, col)
+
+    def levels(self) -> set[int]:
+        """The levels holding at least one bundle."""
+        return {key[0] for key in self.bundle_keys()}
+
+    def close(self) -> None:
+        """Release what the layout holds (the descriptors belong to the cache)."""
+
+
+def _what(key: _BundleKey, suffix: str = "") -> str:
+    return f"{level_folder(key[0])}/{bundle_name(key[1], key[2])}{suffix}"
+
+
+class _CompactLayout(_Layout):
+    """Compact V2 (``bundlx`` False) or V1 bundles, found by ``locate``: key → (bundle, bundlx)."""
+
+    def __init__(self, files: _Files, storage_format: str,
+                 locate: Callable[[_BundleKey], tuple[Span, Span | None] | None],
+                 keys: Callable[[], list[_BundleKey]]) -> None:
+        self.files = files
+        self.storage_format = storage_format
+        self._locate = locate
+        self._keys = keys
+
+    def open_bundle(self, key: _BundleKey) -> BundleView | None:
+        found = self._locate(key)
+        if found is None:
+            return None
+        bundle, bundlx = found
+        try:
+            fd, length, release = self.files.open(bundle)
+        except FileNotFoundError:
+            return None
+        what = _what(key)
+        read = _reader(fd, bundle.base, length, what)
+        if self.storage_format == COMPACT_V2:
+            return _V2View(read, release, key, what)
+        try:
+            return self._open_v1(key, read, length, bundlx, release)
+        except BaseException:
+            release()
+            raise
+
+    def _open_v1(self, key: _BundleKey, read: Callable[[int, int], bytes], length: int,
+                 bundlx: Span | None, release: Callable[[], None]) -> BundleView:
+        missing = f"{_what(key)}: no {bundlx_name(key[1], key[2])} beside it"
+        if bundlx is None:
+            raise FormatError(missing)
+        try:
+            xfd, xlength, xrelease = self.files.open(bundlx)
+        except FileNotFoundError:
+            raise FormatError(missing) from None
+        try:
+            reader = BundleV1Reader(read, length, _reader(xfd, bundlx.base, xlength, _what(key, "x")),
+                                    xlength, bundle_row=key[1], bundle_col=key[2], name=_what(key))
+        except BaseException:
+            xrelease()
+            raise
+
+        def release_both() -> None:
+            try:
+                xrelease()
+            finally:
+                release()
+        return _V1View(reader, release_both)
+
+    def bundle_keys(self) -> list[_BundleKey]:
+        return sorted(self._keys())
+
+
+class _ExplodedLayout(_Layout):
+    storage_format = EXPLODED
+
+    def __init__(self, root: Path, tile_format: str) -> None:
+        self.cache = ExplodedCache(root, tile_format)
+
+    def open_bundle(self, key: _BundleKey) -> BundleView | None:
+        bundle = self.cache.open_bundle(*key)
+        return None if bundle is None else _ExplodedView(bundle)
+
+    def get_tile(self, level: int, row: int, col: int) -> bytes | None:
+        return self.cache.get(level, row, col)  # direct opens: no folder listing per request
+
+    def bundle_keys(self) -> list[_BundleKey]:
+        return list(self.cache.bundle_keys())
+
+    def levels(self) -> set[int]:
+        return self.cache.levels_with_rows()
+
+
+def _folder_layout(files: _Files, storage_format: str, bundles_root: Path, tile_format: str
+                   ) -> _Layout:
+    if storage_format == EXPLODED:
+        return _ExplodedLayout(bundles_root, tile_format)
+    v1 = storage_format == COMPACT_V1
+    levels: dict[int, Path] = {}
+    try:
+        with os.scandir(bundles_root) as entries:
+            for entry in entries:
+                match = _LEVEL.match(entry.name)
+                if match and entry.is_dir():
+                    levels[int(match.group(1))] = Path(entry.path)
+    except OSError:
+        pass
+
+    def locate(key: _BundleKey) -> tuple[Span, Span | None] | None:
+        folder = levels.get(key[0])
+        if folder is None:
+            return None
+        bundle = Span(folder / bundle_name(key[1], key[2]), 0, -1)
+        return bundle, (Span(folder / bundlx_name(key[1], key[2]), 0, -1) if v1 else None)
+
+    def keys() -> list[_BundleKey]:
+        out: list[_BundleKey] = []
+        for level, folder in levels.items():
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            out.extend((level, *parsed) for parsed in map(parse_bundle_name, names) if parsed)
+        return out
+
+    return _CompactLayout(files, storage_format, locate, keys)
+
+
+def _package_layout(files: _Files, package: TilePackage, storage_format: str, prefix: str,
+                    allow_compressed: bool) -> _Layout:
+    if storage_format == EXPLODED:
+        raise FormatError(f"{package.path}: an exploded cache inside a package; packages hold "
+                          "compact bundles")
+    v1 = storage_format == COMPACT_V1
+    members: dict[_BundleKey, tuple[zipfile.ZipInfo | None, zipfile.ZipInfo | None]] = {}
+    for relative, info in package.files_under(prefix):
+        parts = relative.split("/")
+        if len(parts) != 2:
+            continue
+        match = _LEVEL.match(parts[0])
+        name = parts[1]
+        if not match:
+            continue
+        is_index = name.lower().endswith(".bundlx")
+        parsed = parse_bundle_name(name[:-1] + "e" if is_index else name)
+        if parsed is None:
+            continue
+        key = (int(match.group(1)), *parsed)
+        bundle, bundlx = members.get(key, (None, None))
+        members[key] = (bundle, info) if is_index else (info, bundlx)
+    found = {key: pair for key, pair in members.items() if pair[0] is not None}
+    if not allow_compressed:  # refuse now, so such a package fails when opened, not mid-job
+        for pair in found.values():
+            for info in pair:
+                if info is not None and info.compress_type != zipfile.ZIP_STORED:
+                    package.span(info, allow_compressed=False)  # raises the one-line error
+
+    def locate(key: _BundleKey) -> tuple[Span, Span | None] | None:
+        pair = found.get(key)
+        if pair is None or pair[0] is None:
+            return None
+        bundle = package.span(pair[0], allow_compressed=allow_compressed)
+        if not v1 or pair[1] is None:  # a missing bundlx is reported by the V1 view
+            return bundle, None
+        return bundle, package.span(pair[1], allow_compressed=allow_compressed)
+
+    return _CompactLayout(files, storage_format, locate, lambda: list(found))
+
+
+# -- the cache ------------------------------------------------------------------------------------
 
 class TileCache:
     """A tile cache or package opened for reading (see :func:`open_cache`)."""
 
     def __init__(self, *, path: Path, scheme: TilingScheme, name: str, storage_format: str,
-                 full_extent: Envelope | None, bundles_root: Path | None = None,
-                 package: Path | None = None, members: dict[_BundleKey, _Range] | None = None
-                 ) -> None:
+                 full_extent: Envelope | None, layout: _Layout, files: _Files,
+                 package: TilePackage | None = None, kind: str = "folder",
+                 description: str = "") -> None:
         self.path = path
         self.scheme = scheme
         self.name = name
         self.storage_format = storage_format
         self.full_extent = full_extent
-        self._bundles_root = bundles_root
-        self._members = members
-        self._fd: int | None = None
-        self._validated: set[_BundleKey] = set()
+        self.kind = kind
+        self.description = description
+        self._layout = layout
+        self._files = files
+        self._package = package
         self._lock = threading.Lock()
-        self._level_dirs: dict[int, Path] = {}
-        if package is not None:
-            self._fd = os.open(package, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        elif bundles_root is not None:
-            self._level_dirs = self._scan_level_dirs(bundles_root)
 
-    @staticmethod
-    def _scan_level_dirs(root: Path) -> dict[int, Path]:
-        found: dict[int, Path] = {}
-        try:
-            entries = list(root.iterdir())
-        except OSError:
-            return found
-        for entry in entries:
-            name = entry.name
-            if len(name) >= 3 and name[0] in "Ll" and name[1:].isdigit() and entry.is_dir():
-                found[int(name[1:])] = entry
-        return found
+    @property
+    def storage_label(self) -> str:
+        return STORAGE_LABELS.get(self.storage_format, self.storage_format)
 
     # -- reading ------------------------------------------------------------------------------
-
-    def _locate(self, key: _BundleKey) -> _Range | None:
-        if self._members is not None:
-            return self._members.get(key)
-        level_dir = self._level_dirs.get(key[0])
-        if level_dir is None:
-            return None
-        path = level_dir / bundle_name(key[1], key[2])
-        return _Range(path, 0, -1)
-
-    def _read(self, where: _Range, fd: int, offset: int, size: int, what: str) -> bytes:
-        length = where.length
-        if length >= 0 and offset + size > length:
-            raise FormatError(f"{what}: {size} bytes at {offset} lie past the bundle's end ({length})")
-        data = _pread(fd, size, where.base + offset)
-        if len(data) != size:
-            raise FormatError(f"{what}: short read at {offset} ({len(data)} of {size} bytes)")
-        return data
 
     def get_tile(self, level: int, row: int, col: int) -> bytes | None:
         """The tile's bytes, or None when the cache has no such tile (or no such bundle)."""
         if row < 0 or col < 0:
             return None
-        key = (level, row // BUNDLE_SIZE * BUNDLE_SIZE, col // BUNDLE_SIZE * BUNDLE_SIZE)
-        where = self._locate(key)
-        if where is None:
-            return None
-        what = f"{level_folder(level)}/{bundle_name(key[1], key[2])}"
-        if where.path is not None:
-            try:
-                fd = os.open(where.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            except FileNotFoundError:
-                return None
-            try:
-                return self._read_tile(key, where, fd, row, col, what)
-            finally:
-                os.close(fd)
-        if self._fd is None:
-            raise FormatError(f"{self.path}: the cache is closed")
-        return self._read_tile(key, where, self._fd, row, col, what)
+        return self._layout.get_tile(level, row, col)
 
-    def _read_tile(self, key: _BundleKey, where: _Range, fd: int, row: int, col: int, what: str
-                   ) -> bytes | None:
-        if key not in self._validated:
-            read_header(self._read(where, fd, 0, HEADER_SIZE, what), what)
-            if where.path is None:  # a file may be replaced; a package member cannot
-                self._validated.add(key)
-        raw = self._read(where, fd, HEADER_SIZE + 8 * index_slot(row, col), 8, what)
-        offset, size = decode_entry(struct.unpack("<Q", raw)[0])
-        if size == 0:
+    def open_bundle(self, level: int, bundle_row: int, bundle_col: int) -> BundleView | None:
+        """One bundle open for many reads, or None when the cache has no such bundle.
+
+        A bundle that exists but is corrupt (bad header, missing bundlx) raises FormatError.
+        """
+        if bundle_row < 0 or bundle_col < 0:
             return None
-        return self._read(where, fd, offset, size, what)
+        return self._layout.open_bundle((level, bundle_row, bundle_col))
 
     def bundle_keys(self) -> Iterator[tuple[int, int, int]]:
-        """(level, bundle_row, bundle_col) of every bundle, sorted."""
-        if self._members is not None:
-            yield from sorted(self._members)
-            return
-        keys: list[_BundleKey] = []
-        for level, folder in self._level_dirs.items():
-            try:
-                names = os.listdir(folder)
-            except OSError:
-                continue
-            for name in names:
-                parsed = parse_bundle_name(name)
-                if parsed is not None:
-                    keys.append((level, *parsed))
-        yield from sorted(keys)
+        """(level, bundle_row, bundle_col) of every bundle (exploded: each block with a tile), sorted."""
+        yield from sorted(self._layout.bundle_keys())
+
+    def levels_with_tiles(self) -> list[int]:
+        """The levels that hold bundles (exploded: row folders), from folder or member listings.
+
+        Cheap on any cache size: no bundle is opened. A level listed by the scheme but absent
+        here has no tile in this cache.
+        """
+        return sorted(self._layout.levels())
 
     def bundle_tiles(self, level: int, bundle_row: int, bundle_col: int
                      ) -> Iterator[tuple[int, int, bytes]]:
-        """(row, col, bytes) of every tile in one bundle, through its index (one index read)."""
-        where = self._locate((level, bundle_row, bundle_col))
-        if where is None:
+        """(row, col, bytes) of every tile in one bundle, through its index."""
+        view = self.open_bundle(level, bundle_row, bundle_col)
+        if view is None:
             return
-        if where.path is not None:
-            if not where.path.exists():
-                return
-            reader = BundleReader(where.path, bundle_row=bundle_row, bundle_col=bundle_col)
-        else:
-            handle = open(self.path, "rb")  # noqa: SIM115 - closed with the reader below
-            reader = BundleReader(handle, bundle_row=bundle_row, bundle_col=bundle_col,
-                                  base=where.base, length=where.length)
-        with reader:
-            yield from reader.tiles()
-        if where.path is None:
-            handle.close()
+        with view:
+            yield from view.tiles()
 
     # -- lifetime -----------------------------------------------------------------------------
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._layout.close()
+            self._files.close()
+            if self._package is not None:
+                self._package.close()
+                self._package = None
 
     def __enter__(self) -> TileCache:
         return self
@@ -214,142 +464,137 @@ class TileCache:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TileCache({str(self.path)!r}, name={self.name!r}, levels={self.scheme.tiled_levels})"
+        return (f"TileCache({str(self.path)!r}, name={self.name!r}, {self.storage_label}, "
+                f"levels={self.scheme.tiled_levels})")
 
 
-def _unsupported(storage_format: str, where: Path) -> FormatError:
-    label = {COMPACT_V1: "Compact V1 (bundle + bundlx)", EXPLODED: "exploded"}.get(
-        storage_format, storage_format or "unknown")
-    return FormatError(f"{where}: {label} caches are not supported yet (Compact V2 only)")
+# -- opening --------------------------------------------------------------------------------------
+
+def _check_storage(storage_format: str, packet_size: int, where: str) -> None:
+    if storage_format not in STORAGE_LABELS:
+        raise FormatError(f"{where}: unknown storage format {storage_format!r} (known: "
+                          f"{', '.join(STORAGE_LABELS)})")
+    if storage_format != EXPLODED and packet_size != BUNDLE_SIZE:
+        raise FormatError(f"{where}: packet size {packet_size}; only {BUNDLE_SIZE} is supported")
 
 
-def _open_folder_conf(conf: Path) -> TileCache:
-    info = read_conf_xml_info(conf)
-    if info.storage_format != COMPACT_V2:
-        raise _unsupported(info.storage_format, conf)
-    if info.packet_size != BUNDLE_SIZE:
-        raise FormatError(f"{conf}: packet size {info.packet_size}; only {BUNDLE_SIZE} is supported")
-    folder = conf.parent
-    cdi = _find_ci(folder, "conf.cdi")
-    extent = read_conf_cdi(cdi) if cdi is not None and cdi.is_file() else None
-    if extent is not None and extent.spatial_reference is None:
-        extent = replace(extent, spatial_reference=info.scheme.spatial_reference)
-    scheme = replace(info.scheme, full_extent=extent, _by_level={}) if extent else info.scheme
-    name = folder.name
-    if name.lower() == "layers" and folder.parent.name:
-        name = folder.parent.name
-    bundles = _find_ci(folder, "_alllayers") or folder / "_alllayers"
-    return TileCache(path=folder, scheme=scheme, name=name, storage_format=info.storage_format,
-                     full_extent=extent, bundles_root=bundles)
-
-
-def _check_root(data: dict[str, Any], where: Path) -> str:
-    storage, packet = root_json_storage(data)
-    if storage != COMPACT_V2:
-        raise _unsupported(storage, where)
-    if packet != BUNDLE_SIZE:
-        raise FormatError(f"{where}: packet size {packet}; only {BUNDLE_SIZE} is supported")
-    return storage
+def _with_extent(scheme: TilingScheme, extent: Envelope | None) -> TilingScheme:
+    if extent is None:
+        return scheme
+    if extent.spatial_reference is None:
+        extent = replace(extent, spatial_reference=scheme.spatial_reference)
+    return replace(scheme, full_extent=extent, _by_level={})
 
 
 def _bundles_path(data: dict[str, Any]) -> str:
     path = str(data.get("tileBundlesPath") or "./tile").replace("\\", "/")
     while path.startswith("./"):
         path = path[2:]
-    return path.strip("/")
+    path = path.strip("/")
+    if path.startswith("/") or ".." in path.split("/") or re.match(r"^[A-Za-z]:", path):
+        raise FormatError(f"root.json: tileBundlesPath {data.get('tileBundlesPath')!r} leaves the cache")
+    return path
 
 
-def _open_folder_root(root_json: Path) -> TileCache:
+def _load_root_json(raw: bytes, where: str) -> dict[str, Any]:
     try:
-        data = json.loads(root_json.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise FormatError(f"{root_json}: not readable JSON ({exc})") from None
-    storage = _check_root(data, root_json)
-    scheme = read_root_json(data)
-    return TileCache(path=root_json.parent, scheme=scheme, name=scheme.name,
-                     storage_format=storage, full_extent=scheme.full_extent,
-                     bundles_root=root_json.parent / _bundles_path(data))
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise FormatError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{where}: not a JSON object")
+    return data
 
 
-def _member_data_offset(f: Any, info: zipfile.ZipInfo, where: Path) -> int:
-    """Offset of a member's bytes: past the *local* header, whose extra field may differ."""
-    f.seek(info.header_offset)
-    raw = f.read(_LOCAL_HEADER.size)
-    if len(raw) != _LOCAL_HEADER.size or raw[:4] != b"PK\x03\x04":
-        raise FormatError(f"{where}: bad local header for {info.filename}")
-    fields = _LOCAL_HEADER.unpack(raw)
-    name_len, extra_len = fields[-2], fields[-1]
-    return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-
-
-def _open_package(path: Path) -> TileCache:
+def _scheme_of_root(data: dict[str, Any], where: str) -> tuple[TilingScheme, str]:
+    storage, packet = root_json_storage(data)
+    storage = storage or COMPACT_V2  # a root.json is the descriptor of a Compact V2 cache
+    _check_storage(storage, packet, where)
     try:
-        zf = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise FormatError(f"{path}: not a readable zip package ({exc})") from None
-    with zf, open(path, "rb") as raw:
-        by_lower = {info.filename.lower(): info for info in zf.infolist()}
-        root_info = by_lower.get("root.json")
-        if root_info is None:
-            if any(name.endswith("conf.xml") for name in by_lower):
-                raise FormatError(f"{path}: a .tpk (Compact V1) package; not supported yet")
-            raise FormatError(f"{path}: no root.json in the package; not a .tpkx")
-        try:
-            data = json.loads(zf.read(root_info))
-        except ValueError as exc:
-            raise FormatError(f"{path}: root.json is not valid JSON ({exc})") from None
-        storage = _check_root(data, path)
         scheme = read_root_json(data)
-        prefix = _bundles_path(data).lower() + "/"
-        members: dict[_BundleKey, _Range] = {}
-        for lower, info in by_lower.items():
-            if not lower.startswith(prefix) or not lower.endswith(".bundle"):
-                continue
-            parts = info.filename[len(prefix):].split("/")
-            if len(parts) != 2 or len(parts[0]) < 3 or parts[0][0] not in "Ll" \
-                    or not parts[0][1:].isdigit():
-                continue
-            parsed = parse_bundle_name(parts[1])
-            if parsed is None:
-                continue
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise FormatError(f"{path}: {info.filename} is compressed; tile packages must "
-                                  f"store bundles uncompressed")
-            if info.flag_bits & 0x1:
-                raise FormatError(f"{path}: {info.filename} is encrypted")
-            members[(int(parts[0][1:]), *parsed)] = _Range(
-                None, _member_data_offset(raw, info, path), info.file_size)
-    return TileCache(path=path, scheme=scheme, name=scheme.name, storage_format=storage,
-                     full_extent=scheme.full_extent, package=path, members=members)
+    except FormatError as exc:
+        raise FormatError(f"{where}: {str(exc).removeprefix('root.json: ')}") from None
+    return scheme, storage
+
+
+def _open_folder(loc: CacheLocation) -> TileCache:
+    descriptor = loc.descriptor
+    assert descriptor is not None
+    where = str(descriptor)
+    files = _Files()
+    if descriptor.name.lower() == "root.json":
+        try:
+            raw = descriptor.read_bytes()
+        except OSError as exc:
+            raise FormatError(f"{where}: cannot read ({exc.strerror or exc})") from None
+        data = _load_root_json(raw, where)
+        scheme, storage = _scheme_of_root(data, where)
+        root = loc.path / _bundles_path(data)
+        layout = _folder_layout(files, storage, root, scheme.tile_format)
+        return TileCache(path=loc.path, scheme=scheme, name=str(data.get("name") or loc.name),
+                         storage_format=storage, full_extent=scheme.full_extent, layout=layout,
+                         files=files, description=str(data.get("serviceDescription") or ""))
+    info = read_conf_xml_info(descriptor)
+    _check_storage(info.storage_format, info.packet_size, where)
+    cdi = find_ci(loc.path, "conf.cdi")
+    extent = read_conf_cdi(cdi) if cdi is not None and cdi.is_file() else None
+    scheme = _with_extent(info.scheme, extent)
+    bundles = find_ci(loc.path, "_alllayers") or loc.path / "_alllayers"
+    layout = _folder_layout(files, info.storage_format, bundles, scheme.tile_format)
+    return TileCache(path=loc.path, scheme=scheme, name=loc.name, storage_format=info.storage_format,
+                     full_extent=scheme.full_extent, layout=layout, files=files)
+
+
+def _open_package(loc: CacheLocation) -> TileCache:
+    package = TilePackage(loc.path)
+    try:
+        return _open_package_members(loc, package)
+    except BaseException:
+        package.close()
+        raise
+
+
+def _open_package_members(loc: CacheLocation, package: TilePackage) -> TileCache:
+    files = _Files()
+    root_name = package.find_root_json()
+    if root_name is not None:  # .tpkx: Esri's spec and every ArcGIS client want stored bundles
+        where = package.display(root_name)
+        data = _load_root_json(package.read(root_name), where)
+        scheme, storage = _scheme_of_root(data, where)
+        layout = _package_layout(files, package, storage, _bundles_path(data), allow_compressed=False)
+        return TileCache(path=loc.path, scheme=scheme, name=str(data.get("name") or loc.name),
+                         storage_format=storage, full_extent=scheme.full_extent, layout=layout,
+                         files=files, package=package, kind="package",
+                         description=str(data.get("serviceDescription") or ""))
+    conf_name = package.find_conf_xml()
+    if conf_name is None:
+        if package.is_vector_package():
+            raise FormatError(f"{loc.path}: a vector tile package (.vtpk); only raster tile "
+                              "packages (.tpk, .tpkx) hold tiles cacheorch can read")
+        raise FormatError(f"{loc.path}: no conf.xml or root.json in the package; not a tile package")
+    where = package.display(conf_name)
+    info = read_conf_xml_bytes(package.read(conf_name), where)
+    _check_storage(info.storage_format, info.packet_size, where)
+    folder = conf_name.rsplit("/", 1)[0] if "/" in conf_name else ""
+    cdi_name = f"{folder}/conf.cdi" if folder else "conf.cdi"
+    extent = None
+    if package.info(cdi_name) is not None:
+        extent = read_conf_cdi_bytes(package.read(cdi_name), package.display(cdi_name))
+    scheme = _with_extent(info.scheme, extent)
+    prefix = f"{folder}/_alllayers" if folder else "_alllayers"
+    # A .tpk re-zipped with deflate is still a .tpk (tpkutils reads such files): inflate on use.
+    layout = _package_layout(files, package, info.storage_format, prefix, allow_compressed=True)
+    return TileCache(path=loc.path, scheme=scheme, name=loc.name, storage_format=info.storage_format,
+                     full_extent=scheme.full_extent, layout=layout, files=files, package=package,
+                     kind="package")
 
 
 def open_cache(path: str | os.PathLike[str]) -> TileCache:
-    """Open a Compact V2 cache folder (or its conf.xml / root.json) or a .tpkx package.
-
-    Compact V1, exploded caches and .tpk packages raise FormatError ("not supported yet").
+    """Open a cache folder (Compact V2, Compact V1 or exploded), a package (.tpkx, .tpk), or the
+    conf.xml / root.json of a cache; see :func:`~cacheorch.formats.locate.locate_cache` for the
+    folders it finds on its own. Anything else raises FormatError with one line saying why.
     """
-    p = Path(path)
-    if p.is_dir():
-        conf = find_conf_xml(p)
-        if conf is not None:
-            return _open_folder_conf(conf)
-        root = _find_ci(p, "root.json")
-        if root is not None and root.is_file():
-            return _open_folder_root(root)
-        # An ArcGIS server cache folder holds the cache one level down (<service>/Layers/).
-        subs = [d for d in sorted(p.iterdir()) if d.is_dir() and find_conf_xml(d) is not None]
-        if len(subs) == 1:
-            return _open_folder_conf(find_conf_xml(subs[0]))  # type: ignore[arg-type]
-        raise FormatError(f"{p}: no conf.xml or root.json here; not a tile cache folder")
-    if not p.exists():
-        raise FormatError(f"{p}: no such file or folder")
-    lower = p.name.lower()
-    if lower == "conf.xml":
-        return _open_folder_conf(p)
-    if lower == "root.json":
-        return _open_folder_root(p)
-    if lower.endswith(".tpk"):
-        raise FormatError(f"{p}: .tpk (Compact V1) packages are not supported yet")
-    if zipfile.is_zipfile(p):
-        return _open_package(p)
-    raise FormatError(f"{p}: not a cache folder, conf.xml, root.json or .tpkx package")
+    loc = locate_cache(path)
+    if loc.kind == "package":
+        return _open_package(loc)
+    return _open_folder(loc)

@@ -167,6 +167,18 @@ class ExplodedCache:
             return None
         return ExplodedBundle(level_dir, bundle_row, bundle_col, self.extensions)
 
+    def levels_with_rows(self) -> set[int]:
+        """Levels whose folder holds at least one row folder (no tile file is listed)."""
+        out: set[int] = set()
+        for level, level_dir in self.levels.items():
+            try:
+                with os.scandir(level_dir) as entries:
+                    if any(_ROW.match(entry.name) for entry in entries):
+                        out.add(level)
+            except OSError:
+                continue
+        return out
+
     def bundle_keys(self) -> Iterator[tuple[int, int, int]]:
         """(level, bundle_row, bundle_col) of every 128×128 block holding a tile file, sorted.
 

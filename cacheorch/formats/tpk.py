@@ -93,6 +93,7 @@ class TilePackage:
         self._lock = threading.Lock()
         self._tmp: Path | None = None
         self._inflated: dict[str, Span] = {}
+        self._stored: dict[str, Span] = {}
 
     # -- finding the descriptor ---------------------------------------------------------------
 
@@ -157,12 +158,16 @@ class TilePackage:
         if info.flag_bits & 0x1:
             raise FormatError(f"{self.path}: {info.filename} is encrypted")
         if info.compress_type == zipfile.ZIP_STORED:
+            span = self._stored.get(info.filename)
+            if span is not None:
+                return span
             with self._lock:
                 offset = member_data_offset(self._raw, info, str(self.path))
             if offset + info.file_size > self.size:
                 raise FormatError(f"{self.path}: {info.filename} runs past the end of the package "
                                   "(truncated download?)")
-            return Span(self.path, offset, info.file_size, True)
+            span = self._stored[info.filename] = Span(self.path, offset, info.file_size, True)
+            return span
         if not allow_compressed:
             raise FormatError(f"{self.path}: {info.filename} is compressed; tile packages must "
                               f"store bundles uncompressed")
