@@ -31,14 +31,23 @@ ENTRY_POINT_GROUP = "cacheorch"
 #: Built-in plugins: ordinary plugin modules, registered under their dotted names.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "cacheorch.plugins.scales_rest",
+    "cacheorch.plugins.scales_status_gdb",  # before conf: a Status.gdb sits inside a cache folder
+    "cacheorch.plugins.scales_conf",
     "cacheorch.plugins.scales_defaults",
     "cacheorch.plugins.policy_levels",
     "cacheorch.plugins.policy_scale_range",
     "cacheorch.plugins.policy_snap",
+    "cacheorch.plugins.policy_budget",
+    "cacheorch.plugins.policy_service_limits",
+    "cacheorch.plugins.policy_exclude",
     "cacheorch.plugins.aoi_extent",
     "cacheorch.plugins.aoi_bbox",
+    "cacheorch.plugins.aoi_wkt",
     "cacheorch.plugins.aoi_file",
+    "cacheorch.plugins.aoi_layer",
+    "cacheorch.plugins.aoi_buffer",
     "cacheorch.plugins.tiles_rest",
+    "cacheorch.plugins.tiles_cache",
     "cacheorch.plugins.export_compact_v2",
     "cacheorch.plugins.export_tpkx",
 )

@@ -28,7 +28,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHEORCH_CONFIG", str(tmp_path / "no-config.ini"))
     (tmp_path / "no-config.ini").write_text("")
     monkeypatch.setenv("CACHEORCH_CATALOG", str(tmp_path / "catalog.sqlite"))
-    for name in ("ARCGIS_TOKEN", "ARCGIS_REFERER", "CACHEORCH_DISABLE_PLUGINS"):
+    for name in ("ARCGIS_TOKEN", "ARCGIS_REFERER", "ARCGIS_USERNAME", "ARCGIS_PASSWORD",
+                 "ARCGIS_TOKEN_URL", "CACHEORCH_DISABLE_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
 

@@ -53,7 +53,8 @@ def test_plugins_lists_every_kind(cli) -> None:
     only = json.loads(cli("plugins", "--json", "--hook", "cacheorch_register_policies").stdout)
     assert {r["name"] for r in only["plugins"]} == {
         "cacheorch.plugins.policy_levels", "cacheorch.plugins.policy_scale_range",
-        "cacheorch.plugins.policy_snap"}
+        "cacheorch.plugins.policy_snap", "cacheorch.plugins.policy_budget",
+        "cacheorch.plugins.policy_service_limits", "cacheorch.plugins.policy_exclude"}
 
 
 def test_db_upgrade_and_current(cli, tmp_path: Path) -> None:
