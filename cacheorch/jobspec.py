@@ -17,6 +17,8 @@ __all__ = ["JobSpec", "PluginSpec", "job_spec_from"]
 
 DEFAULT_EXPORTER = "tpkx"
 DEFAULT_WORKERS = 8
+_BOOLEANS: dict[str, bool | None] = {"1": True, "true": True, "yes": True, "on": True, "0": False,
+                                     "false": False, "no": False, "off": False, "auto": None}
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class JobSpec:
     mode: str = "create"
     referer: str | None = None
     allow_partial: bool = False
+    #: Ask ``/tilemap`` per bundle first: None = when the service lists Tilemap.
+    tilemap: bool | None = None
 
     def to_parameters(self) -> dict[str, Any]:
         """A JSON-able dict for the catalog (no secrets: a JobSpec never holds one)."""
@@ -70,7 +74,8 @@ class JobSpec:
                    areas=areas, exporter=plugin(data.get("exporter")) or PluginSpec(DEFAULT_EXPORTER),
                    output=data.get("output"), workers=int(data.get("workers", DEFAULT_WORKERS)),
                    mode=data.get("mode", "create"), referer=data.get("referer"),
-                   allow_partial=bool(data.get("allow_partial", False)))
+                   allow_partial=bool(data.get("allow_partial", False)),
+                   tilemap=data.get("tilemap"))
 
 
 def _lines(value: str) -> list[str]:
@@ -96,7 +101,7 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
         (lambda key: f"--{key}")
 
     known = {"service", "source", "levels", "scales", "policy", "aoi", "exporter", "output",
-             "workers", "mode", "referer", "allow_partial"}
+             "workers", "mode", "referer", "allow_partial", "tilemap"}
     for key in section:
         if key not in known:
             raise ConfigError(f"{where(key)}: unknown key (keys: {', '.join(sorted(known))})")
@@ -153,9 +158,15 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
         raise ConfigError(f"{where('mode')}: {mode!r} is not one of create, overwrite")
     allow_partial = bool(flags.get("allow_partial")) or \
         section.get("allow_partial", "").lower() in ("1", "true", "yes", "on")
+    tilemap = flags.get("tilemap")
+    if tilemap is None and section.get("tilemap", "").strip():
+        value = section["tilemap"].strip().lower()
+        if value not in _BOOLEANS:
+            raise ConfigError(f"{where('tilemap')}: {value!r} is not one of yes, no, auto")
+        tilemap = _BOOLEANS[value]
     spec = JobSpec(service=location, name=job_name, source=source, policies=tuple(policies),
                    areas=areas, exporter=exporter, output=output, workers=workers, mode=mode,
-                   referer=referer, allow_partial=allow_partial)
+                   referer=referer, allow_partial=allow_partial, tilemap=tilemap)
     return spec
 
 
@@ -172,7 +183,30 @@ def _area_with_section(config: Config, area: AreaSpec) -> AreaSpec:
                           "bbox, spec)")
     if generator is None:
         raise ConfigError(f"{here}: needs generator = NAME (extent, bbox, file...)")
-    if generator == "file" or (value and os.sep in value) or value.endswith((".json", ".geojson")):
-        value = config.resolve_path(value)
+    if "path" in config.areas[area.spec] or generator in ("file", "layer"):
+        value = _resolve_file(config, value)
+    elif generator == "buffer" and ":" in value:  # buffer:DISTANCE:INNER, INNER maybe a file
+        distance, _, inner = value.partition(":")
+        value = f"{distance}:{_resolve_file(config, inner, only_existing=True)}"
     spec = f"{generator}:{value}" if value else generator
     return replace(area, spec=spec, label=area.spec)
+
+
+def _resolve_file(config: Config, value: str, *, only_existing: bool = False) -> str:
+    """A file named in the config, relative to the config's folder, keeping its ``#LAYER`` and
+    ``@WKID`` suffixes (``parcels.gpkg#lots@2056``).
+
+    :param only_existing: resolve only when the file exists there (the value may be a spec such
+        as ``extent`` rather than a file).
+    """
+    head, suffix = value, ""
+    for mark in ("#", "@"):
+        if mark in head:
+            cut = head.index(mark) if mark == "#" else head.rindex(mark)
+            head, suffix = head[:cut], head[cut:] + suffix
+    if not head:
+        return value
+    resolved = config.resolve_path(head)
+    if only_existing and not os.path.exists(resolved):
+        return value
+    return resolved + suffix

@@ -18,6 +18,7 @@ from cacheorch.events import BundleDone, JobFinished, JobStarted, emit
 from cacheorch.interfaces import ExportRequest, ExportSession, staging_path
 from cacheorch.jobplan import JobPlan
 from cacheorch.planner import BundlePlan
+from cacheorch.plugins.tilemap import with_tilemap
 from cacheorch.writer import BundleWriterThread
 
 if TYPE_CHECKING:
@@ -134,7 +135,9 @@ class _Run:
         writer = BundleWriterThread(self.session, self._bundle_done)
         pending = 0
         try:
-            with source.open(self.plan.service, self.connection, self.plan.spec.workers) as fetcher:
+            opened = source.open(self.plan.service, self.connection, self.plan.spec.workers)
+            with with_tilemap(opened, self.plan.service, self.connection,
+                              enabled=self.plan.spec.tilemap) as fetcher:
                 for result in fetcher.fetch(self._keys(skip)):
                     k = result.key
                     key = (k.level, *k.bundle)

@@ -144,3 +144,21 @@ def test_job_needs_a_service() -> None:
     from cacheorch.config import Config
     with pytest.raises(UsageError, match="no service"):
         job_spec_from(Config(), None, {})
+
+
+def test_aoi_sections_resolve_files_relative_to_the_config(tmp_path: Path) -> None:
+    """A layer keeps its #LAYER@WKID, a buffer's inner file resolves, a buffer of `extent` stays."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "town.geojson").write_text("{}")
+    ini = tmp_path / "conf" / "cacheorch.ini"
+    ini.write_text("[aoi:lots]\ngenerator = layer\npath = data/parcels.gpkg#lots@2056\n"
+                   "[aoi:near]\ngenerator = buffer\nspec = 500m:town.geojson\n"
+                   "[aoi:wide]\ngenerator = buffer\nspec = 2tiles:extent\n"
+                   "[job:j]\nservice = https://h/MapServer\nlevels = 0-3\naoi = lots\n near\n wide\n")
+    spec = job_spec_from(load_config(ini), "j", {})
+    folder = tmp_path / "conf"
+    assert [a.spec for a in spec.areas] == [
+        f"layer:{folder / 'data' / 'parcels.gpkg'}#lots@2056",
+        f"buffer:500m:{folder / 'town.geojson'}",
+        "buffer:2tiles:extent"]
+    assert [a.label for a in spec.areas] == ["lots", "near", "wide"]

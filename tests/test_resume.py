@@ -92,3 +92,29 @@ def test_sigkill_then_resume_skips_finished_bundles(tmp_path: Path, cli) -> None
     tile_requests = {p: n for p, n in srv.requests.items() if "/tile/" in p}
     refetched = sum(tile_requests.values()) - sum(n for p, n in first_pass.items() if "/tile/" in p)
     assert refetched == planned - sum(finished.values())
+
+
+def test_resume_keeps_the_levels_first_chosen(tmp_path: Path, cli) -> None:
+    """max-bytes samples tile sizes; if they grew meanwhile a re-planned resume would pick fewer
+    levels than the job started with. Resume uses the levels the catalog recorded instead."""
+    small = {(lv, r, c): solid_png(colour_of(lv, r, c), size=8)
+             for lv in range(4) for r in range(2 ** lv) for c in range(2 ** lv)}
+    with TileServer(small, service=_service(), fail_always={(2, 1, 1)}) as srv:
+        output = tmp_path / "out.tpkx"
+        first = cli("run", "--service", srv.url, "--policy", "levels:0-3",
+                    "--policy", "max-bytes:20KB", "--output", str(output), "--json")
+        assert first.code == 1, first.stderr  # partial: one tile failed
+        started = [lv["level"] for lv in json.loads(first.stdout)["levels"]]
+        assert started == [0, 1, 2, 3]
+        job_id = json.loads(first.stdout)["job_id"]
+        srv.fail_always.clear()
+        big = solid_png((1, 2, 3), size=256) + b"\0" * 4000  # sampled now, level 3 would not fit
+        srv.tiles = {k: big for k in small}
+        replanned = json.loads(cli("plan", "--service", srv.url, "--policy", "levels:0-3",
+                                   "--policy", "max-bytes:20KB", "--json").stdout)
+        assert [lv["level"] for lv in replanned["levels"]] != started  # a re-plan would differ
+        again = cli("resume", str(job_id), "--json")
+        assert again.code == 0, again.stderr
+        assert [lv["level"] for lv in json.loads(again.stdout)["levels"]] == [0, 1, 2, 3]
+    with open_cache(output) as cache:
+        assert cache.scheme.min_lod == 0 and cache.scheme.max_lod == 3

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import parse_qs, urlsplit
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,32 +239,77 @@ def _service_json(scheme, capabilities: str) -> dict:
             "tileInfo": scheme.to_json(), "fullExtent": extent, "initialExtent": extent}
 
 
-def test_run_with_the_proposed_wiring_skips_absent_tiles(cli, tmp_path: Path, monkeypatch):
-    """The runner's fetcher wrapped as the lead would wire it: same output, fewer requests."""
+def _sparse_site():
     scheme = web_mercator_scheme(5)
     every = [(lv, r, c) for lv in range(0, 6) for r in range(2 ** lv) for c in range(2 ** lv)]
     present = {k for k in every if k[0] <= 2 or (k[1] + k[2]) % 5 == 0}
-    opened = []
+    server = TileServer({k: png(*k) for k in present}, tilemap=True,
+                        service=_service_json(scheme, "Map,Tilemap"))
+    return server, every, present
 
-    def open_with_tilemap(self, service, connection, workers):
-        fetcher = tm.with_tilemap(original(self, service, connection, workers), service, connection)
-        opened.append(fetcher)
-        return fetcher
 
-    original = RestTileSource.open
-    monkeypatch.setattr(RestTileSource, "open", open_with_tilemap)
-    with TileServer({k: png(*k) for k in present}, tilemap=True,
-                    service=_service_json(scheme, "Map,Tilemap")) as srv:
+@pytest.mark.parametrize("flag", [[], ["--tilemap"]], ids=["listed", "asked"])
+def test_run_skips_absent_tiles_when_the_service_lists_tilemap(cli, tmp_path: Path, flag):
+    """The runner wraps its fetcher: same output, no request for an absent tile."""
+    server, every, present = _sparse_site()
+    with server as srv:
         output = tmp_path / "out.tpkx"
         result = cli("run", "--service", srv.url, "--levels", "0-5", "--output", str(output),
-                     "--json")
+                     "--json", *flag)
         assert result.code == 0, result.stderr
         report = json.loads(result.stdout)
         assert tile_requests(srv) == present  # nothing asked for an absent tile
-    assert isinstance(opened[0], tm.TilemapFilter)
+        assert tilemap_requests(srv)  # one per bundle
     assert sum(lv["tiles_missing"] for lv in report["levels"]) == len(every) - len(present)
     assert sum(lv["tiles_written"] for lv in report["levels"]) == len(present)
     with open_cache(output) as cache:
         found = {(lv, r, c): data for lv, br, bc in cache.bundle_keys()
                  for r, c, data in cache.bundle_tiles(lv, br, bc)}
     assert found == {k: png(*k) for k in present}
+
+
+def test_no_tilemap_fetches_every_tile(cli, tmp_path: Path):
+    server, every, present = _sparse_site()
+    with server as srv:
+        result = cli("run", "--service", srv.url, "--levels", "0-5", "--output",
+                     str(tmp_path / "out.tpkx"), "--json", "--no-tilemap")
+        assert result.code == 0, result.stderr
+        assert tile_requests(srv) == set(every)
+        assert not tilemap_requests(srv)
+    report = json.loads(result.stdout)
+    assert sum(lv["tiles_written"] for lv in report["levels"]) == len(present)
+
+
+class _Issuer:
+    """A stand-in token provider: hands out fresh-1, fresh-2... (the HTTP side is real)."""
+
+    secrets: list[str] = []
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def generate(self, service: str, timeout: float):  # noqa: ANN201
+        from cacheorch.tokens import IssuedToken
+        self.calls += 1
+        return IssuedToken(f"fresh-{self.calls}", None)
+
+
+@pytest.mark.parametrize("status", [498, 200], ids=["http-498", "json-498"])
+def test_a_tilemap_refused_for_an_expired_token_renews_it_once(status):
+    """ArcGIS answers an expired token with 498 (or 200 and an error JSON): renew, ask again."""
+    expired = json.dumps({"error": {"code": 498, "message": "Invalid Token"}}).encode()
+    with TileServer({(LEVEL, 0, 115): png(LEVEL, 0, 115)}, tilemap=True) as srv:
+        real = srv._tilemap
+
+        def guarded(h, path):
+            token = parse_qs(urlsplit(h.path).query).get("token", [""])[0]
+            if not token.startswith("fresh-"):
+                return srv._send(h, status, expired, "application/json")
+            return real(h, path)
+
+        srv._tilemap = guarded
+        issuer = _Issuer()
+        conn = Connection(token="stale", token_provider=issuer)  # type: ignore[arg-type]
+        tilemap = tm.fetch_tilemap(service_for(srv.url), conn, LEVEL, 0, 0)
+    assert issuer.calls == 1 and conn.token == "fresh-1"
+    assert tilemap is not None and tilemap.has(0, 115) and not tilemap.has(0, 116)

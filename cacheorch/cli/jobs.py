@@ -41,6 +41,9 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="create (default: refuse an existing output) or overwrite."),
         click.option("--allow-partial", is_flag=True, default=None,
                      help="Write the output even if some tiles failed (the job ends partial)."),
+        click.option("--tilemap/--no-tilemap", default=None,
+                     help="Ask the service's /tilemap per bundle and skip absent tiles (default: "
+                          "when the service lists Tilemap)."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
     ]
     for option in reversed(options):
@@ -205,6 +208,19 @@ def run_command(app: App, as_json: bool, token: str | None, **kw: Any) -> None:
     _execute(app, plan, connection, as_json)
 
 
+def _pinned(spec: JobSpec, job: dict[str, Any]) -> JobSpec:
+    """The job's recorded levels replace its policies: a budget re-sampled on resume could pick
+    other levels, and the bundles already staged belong to the levels first chosen."""
+    from dataclasses import replace
+
+    from cacheorch.jobspec import PluginSpec
+    recorded = sorted(int(lv["level"]) for lv in job.get("levels") or ())
+    if not recorded:
+        return spec
+    pinned = PluginSpec("levels", {"": ",".join(map(str, recorded))}, f"job {job['id']}")
+    return replace(spec, policies=(pinned,))
+
+
 @click.command("resume")
 @click.argument("job_id", type=int)
 @click.option("--token", help="ArcGIS token (default: $ARCGIS_TOKEN); tokens are never stored.")
@@ -217,7 +233,7 @@ def resume_command(app: App, job_id: int, token: str | None, as_json: bool) -> N
         job = catalog.get_job(job_id)
         params = catalog.job_parameters(job_id)
     check_resumable(job)
-    spec = JobSpec.from_parameters(params)
+    spec = _pinned(JobSpec.from_parameters(params), job)
     connection = Connection.from_env(token=token, referer=spec.referer)
     plan = make_plan(app.plugins, spec, connection)
     fingerprint = params.get("fingerprint")
