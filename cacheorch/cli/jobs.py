@@ -32,8 +32,10 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--scales", help="Scales to export, e.g. '591657527.591555;...' (`snap`)."),
         click.option("--policy", multiple=True, help="NAME[:k=v,...], repeatable, applied in order."),
         click.option("--aoi", multiple=True, metavar="[LEVELS=]SPEC",
-                     help="Area per level range: extent | bbox:xmin,ymin,xmax,ymax[@wkid] | "
-                          "PATH.geojson | an [aoi:NAME]; repeatable (default: the full extent)."),
+                     help="Area per level range: extent[:initial|:cdi] | "
+                          "bbox:xmin,ymin,xmax,ymax[@wkid] | PATH (GeoJSON, Esri JSON, WKT; "
+                          "shapefile/GeoPackage/FileGDB[#LAYER]) | wkt:...[@wkid] | "
+                          "buffer:500m:SPEC | an [aoi:NAME]; repeatable (default: the full extent)."),
         click.option("--exporter", help="Output format (default tpkx)."),
         click.option("--output", "-o", help="Output file or folder."),
         click.option("--workers", type=int, help="Requests in flight (default 8)."),
