@@ -274,6 +274,9 @@ def child_env() -> dict[str, str]:
 
 def measured(cmd: list[str], srv: Nginx, timeout: float) -> tuple[subprocess.CompletedProcess[str], float, float, float]:
     """Run cmd; return (result, wall s, CPU s of its process tree, nginx CPU s)."""
+    # The previous run's ~1 GB of dirty pages would otherwise be written back during this one and
+    # throttle its writes: flush them first, for both tools alike.
+    os.sync()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = srv.cpu_seconds()
     t0 = time.perf_counter()

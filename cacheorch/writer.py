@@ -18,6 +18,8 @@ __all__ = ["BundleWriterThread"]
 
 BundleKey = tuple[int, int, int]
 _STOP = object()
+#: Tiles handed to the writer thread at once.
+_BATCH = 32
 
 
 class BundleWriterThread:
@@ -31,7 +33,8 @@ class BundleWriterThread:
                  on_finished: Callable[[BundleKey, Any], None], max_queued: int = 512) -> None:
         self._session = session
         self._on_finished = on_finished
-        self._queue: queue.Queue[Any] = queue.Queue(max_queued)
+        self._queue: queue.Queue[Any] = queue.Queue(max(1, max_queued // _BATCH))
+        self._batch: list[tuple[BundleKey, int | None, int | None, Any]] = []
         self._sinks: dict[BundleKey, BundleSink] = {}
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="cacheorch-writer", daemon=True)
@@ -40,11 +43,21 @@ class BundleWriterThread:
     # -- the job's thread ---------------------------------------------------------------------
 
     def add(self, key: BundleKey, row: int, col: int, data: bytes) -> None:
-        self._put((key, row, col, data))
+        batch = self._batch
+        batch.append((key, row, col, data))
+        if len(batch) >= _BATCH:
+            self._flush()
 
     def finish(self, key: BundleKey, payload: Any) -> None:
         """Close the bundle (if it got any tile), then report it through ``on_finished``."""
-        self._put((key, None, None, payload))
+        self._batch.append((key, None, None, payload))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand the batch over: one queue operation (and one wake-up) per batch, not per tile."""
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self._put(batch)
 
     def check(self) -> None:
         """Raise the writer's error, if it had one, in the job's thread."""
@@ -53,6 +66,7 @@ class BundleWriterThread:
 
     def close(self) -> None:
         """Wait until everything queued is written and reported; raise the writer's error."""
+        self._flush()
         self._put(_STOP)
         self._thread.join()
         self.check()
@@ -86,18 +100,18 @@ class BundleWriterThread:
                 break
             if self._error is not None:
                 continue  # drain without working, so the job's thread never blocks on a full queue
-            key, row, col, data = item
             try:
-                if row is not None:
-                    sink = sinks.get(key)
-                    if sink is None:
-                        sink = sinks[key] = self._session.open_bundle(*key)
-                    sink.add(row, col, data)
-                else:
-                    sink = sinks.pop(key, None)
-                    if sink is not None:
-                        sink.close()  # durable before anyone hears of it
-                    self._on_finished(key, data)
+                for key, row, col, data in item:
+                    if row is not None:
+                        sink = sinks.get(key)
+                        if sink is None:
+                            sink = sinks[key] = self._session.open_bundle(*key)
+                        sink.add(row, col, data)
+                    else:
+                        sink = sinks.pop(key, None)
+                        if sink is not None:
+                            sink.close()  # durable before anyone hears of it
+                        self._on_finished(key, data)
             except BaseException as exc:  # handed to the job's thread by check()/close()
                 self._error = exc
         for sink in sinks.values():

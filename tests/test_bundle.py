@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import tracemalloc
 import zipfile
@@ -284,3 +285,31 @@ def test_written_bundle_is_read_by_gdal_like_ours(tmp_path):
         pixels = ds.read(window=((256, 512), (0, 256)))
         assert pixels[:, 128, 128].tolist() == [10, 200, 30, 255]
         assert ds.read(window=((0, 256), (0, 256)))[:, 128, 128].tolist() == [0, 0, 0, 0]
+
+
+def test_many_tiles_of_mixed_sizes_survive_the_batched_writes(tmp_path: Path) -> None:
+    """Tiles are queued and written a megabyte (or 256 tiles) at a time: every one must land
+    where the index says, across flushes, and a short write must be finished, not lost."""
+    import cacheorch.formats.bundle as bundle_module
+    rng = np.random.default_rng(7)
+    tiles = {(r, c): rng.integers(0, 256, int(rng.integers(1, 30_000)), dtype=np.uint8).tobytes()
+             for r in range(0, 128, 3) for c in range(0, 128, 2)}
+    real_writev = os.writev
+    calls = []
+
+    def short_writev(fd, buffers):  # the kernel may write less than asked: half, here
+        calls.append(len(buffers))
+        joined = b"".join(buffers)
+        return os.write(fd, joined[:max(1, len(joined) // 2)])
+
+    path = tmp_path / "R0000C0000.bundle"
+    try:
+        os.writev = short_writev  # type: ignore[assignment]
+        with BundleWriter(path, 0, 0) as writer:
+            for (r, c), data in tiles.items():
+                writer.add(r, c, data)
+    finally:
+        os.writev = real_writev  # type: ignore[assignment]
+    assert len(calls) > 3 and max(calls) <= bundle_module._FLUSH_BUFFERS
+    with BundleReader(path, bundle_row=0, bundle_col=0) as reader:
+        assert {(r, c): d for r, c, d in reader.tiles()} == tiles

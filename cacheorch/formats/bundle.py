@@ -142,19 +142,33 @@ def _index_from_bytes(raw: bytes, where: str) -> array:
 _LENGTH = struct.Struct("<I")
 
 
-def _writev(fd: int, head: bytes, body: bytes) -> None:
-    """Write ``head`` then ``body`` to ``fd`` completely, in one system call where the OS allows."""
-    done = os.writev(fd, [head, body]) if hasattr(os, "writev") else 0
-    if done < len(head) + len(body):  # rare: a short write (or no writev); finish plainly
-        rest = memoryview(head + body)[done:]
-        while rest:
-            rest = rest[os.write(fd, rest):]
+#: Queued bytes and buffers (two per tile) that make :class:`BundleWriter` write them out.
+_FLUSH_BYTES = 1 << 20
+_FLUSH_BUFFERS = 512  # under IOV_MAX (1024 on Linux and macOS)
+
+
+def _writev_all(fd: int, buffers: list[bytes]) -> None:
+    """Write every buffer, in order, completely (``writev`` may write less than asked)."""
+    if not hasattr(os, "writev"):
+        for buf in buffers:
+            view = memoryview(buf)
+            while view:
+                view = view[os.write(fd, view):]
+        return
+    total = sum(len(b) for b in buffers)
+    done = os.writev(fd, buffers)
+    if done == total:
+        return
+    rest = memoryview(b"".join(buffers))[done:]  # rare: a short write; finish plainly
+    while rest:
+        rest = rest[os.write(fd, rest):]
 
 
 class BundleWriter:
     """Writes one bundle incrementally: tile bytes go to disk as they arrive, only the index is kept.
 
-    Memory stays flat (128 KiB) however large the bundle grows. The header and index are written
+    Memory stays flat (128 KiB of index, up to 1 MiB of tiles queued for one write) however large
+    the bundle grows. The header and index are written
     last, by :meth:`finish`; until then the file is not a valid bundle, which is why exporters write
     it under a temporary name.
     """
@@ -179,10 +193,29 @@ class BundleWriter:
             self.abort()
             raise
         self._end = FIRST_RECORD
+        #: Length prefixes and tiles not yet written (references, not copies).
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     @property
     def tile_count(self) -> int:
         return self._count
+
+    def _flush_pending(self) -> None:
+        """Write the queued prefixes and tiles with as few system calls as the OS allows.
+
+        One ``writev`` per megabyte rather than one per tile: each call returns to Python and
+        must win the GIL back from the thread running the fetch loop, and those hand-overs, not
+        the copying, were what made the writer thread the bottleneck of a job.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        assert self._file is not None
+        self._file.flush()
+        _writev_all(self._file.fileno(), pending)
+        pending.clear()
+        self._pending_bytes = 0
 
     def add(self, row: int, col: int, data: bytes) -> None:
         """Append one tile (absolute row and column) exactly as given."""
@@ -205,12 +238,12 @@ class BundleWriter:
         offset = self._end + 4
         if offset + size > _OFFSET_MASK:
             raise ExportError(f"{self.path.name}: bundle would exceed 1 TiB, the format's limit")
-        if len(data) >= 8192:  # one system call for prefix and tile; small tiles stay buffered
-            self._file.flush()
-            _writev(self._file.fileno(), _LENGTH.pack(size), data)
-        else:
-            self._file.write(_LENGTH.pack(size))
-            self._file.write(data)
+        pending = self._pending
+        pending.append(_LENGTH.pack(size))
+        pending.append(data)
+        self._pending_bytes += size + 4
+        if self._pending_bytes >= _FLUSH_BYTES or len(pending) >= _FLUSH_BUFFERS:
+            self._flush_pending()
         self._end = offset + size
         self._index[slot] = offset | (size << 40)
         self._largest = max(self._largest, size)
@@ -222,6 +255,7 @@ class BundleWriter:
             raise ExportError(f"{self.path.name}: bundle already finished or aborted")
         f = self._file
         try:
+            self._flush_pending()
             header = HEADER.pack(
                 3,                                          # version
                 self.record_count,                          # record count (ArcGIS writes 0)
