@@ -36,6 +36,7 @@ EXPECTED_COLUMNS = {
                     "tiles_written", "tiles_missing", "tiles_failed", "bytes", "finished_at"},
     "job_tile_errors": {"id", "job_id", "bundle_id", "level", "row", "col", "error"},
     "job_events": {"id", "job_id", "created", "kind", "message"},
+    "job_messages": {"id", "job_id", "created", "source", "kind", "message"},
 }
 
 
@@ -172,10 +173,10 @@ def _with_revision_0002(tmp_path: Path) -> Path:
     """A copy of the migrations with one more revision, as the next cacheorch would ship."""
     copy = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "versions" / "0002_extra.py").write_text(
+    (copy / "versions" / "9999_extra.py").write_text(
         '"""Test-only revision."""\n'
         "import sqlalchemy as sa\nfrom alembic import op\n\n"
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        'revision = "9999"\ndown_revision = "' + head() + '"\nbranch_labels = None\ndepends_on = None\n\n\n'
         "def upgrade():\n"
         '    with op.batch_alter_table("jobs") as batch:\n'
         '        batch.add_column(sa.Column("note", sa.Text(), nullable=True))\n\n\n'
@@ -193,17 +194,17 @@ def test_older_catalog_is_backed_up_then_upgraded(tmp_path: Path) -> None:
         job = catalog.create_job(name="old", service_id=sid, service_url="http://127.0.0.1/",
                                  exporter="tpkx", output="o", parameters={}, levels=[])
     newer = _with_revision_0002(tmp_path)
-    assert upgrade(path, script_location=str(newer)) == ("0001", "0002")
-    backups = list(tmp_path.glob("c.sqlite.0001-*.bak"))
+    assert upgrade(path, script_location=str(newer)) == (head(), "9999")
+    backups = list(tmp_path.glob(f"c.sqlite.{head()}-*.bak"))
     assert len(backups) == 1
-    assert _revision_in_file(backups[0]) == ["0001"]
+    assert _revision_in_file(backups[0]) == [head()]
     assert "note" not in _tables(backups[0])["jobs"]
     assert "note" in _tables(path)["jobs"]
     con = sqlite3.connect(path)
     assert con.execute("SELECT name FROM jobs WHERE id = ?", (job,)).fetchone() == ("old",)
     con.close()
-    # ... and this cacheorch, which only knows 0001, now refuses the file
-    with pytest.raises(CatalogTooNewError, match="0002"):
+    # ... and this cacheorch, which only knows up to its head, now refuses the file
+    with pytest.raises(CatalogTooNewError, match="9999"):
         Catalog.open(path)
 
 
@@ -298,3 +299,26 @@ def test_opening_a_current_catalog_does_not_import_alembic(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_fresh_catalog_equals_migrated(tmp_path: Path) -> None:
+    """A new catalog is created from the models and stamped (no Alembic); it must be exactly what
+    the migrations build: same head, no difference Alembic can see, same tables and columns."""
+    import subprocess
+    import sys
+    fresh, migrated = tmp_path / "fresh.sqlite", tmp_path / "migrated.sqlite"
+    code = ("import sys; from cacheorch.catalog import Catalog; Catalog.open(sys.argv[1]).close(); "
+            "print('alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(fresh)], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"  # created without importing Alembic
+    upgrade(migrated)
+    assert _revision_in_file(fresh) == _revision_in_file(migrated) == [head()]
+    assert _tables(fresh) == _tables(migrated)
+    engine = make_engine(fresh)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    finally:
+        engine.dispose()
+    assert current(fresh) == head()

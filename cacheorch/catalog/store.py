@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from cacheorch.catalog.engine import OnConnect, make_engine, writer
 from cacheorch.catalog.revision import at_shipped_head
 from cacheorch.catalog.models import (
-    JOB_STATUSES, Job, JobBundle, JobEvent, JobLevel, JobTileError, Service, utcnow,
+    JOB_STATUSES, Job, JobBundle, JobEvent, JobLevel, JobMessage, JobTileError, Service, utcnow,
 )
 from cacheorch.catalog.scrub import Scrubber
 from cacheorch.errors import CatalogError
@@ -70,6 +70,14 @@ class Catalog:
         engine = make_engine(path, on_connect=on_connect)
         if at_shipped_head(path):  # the common case: no migration, no Alembic import
             return cls(path, engine, redact)
+        if not path.exists() or path.stat().st_size == 0:
+            from cacheorch.catalog.fresh import create_fresh
+            try:
+                if create_fresh(engine, path):
+                    return cls(path, engine, redact)
+            except BaseException:
+                engine.dispose()
+                raise
         from cacheorch.catalog.migrate import migrate_engine
         try:
             migrate_engine(engine, path)
@@ -221,7 +229,45 @@ class Catalog:
             session.add(JobEvent(job_id=job_id, created=utcnow(), kind=self._scrub.text(kind),
                                  message=self._text(message)))
 
+    def add_job_message(self, job_id: int, message: str, *, kind: str = "info",
+                        source: str = "server") -> None:
+        """Append one message of a delegated export (a server job message, a geoprocessing
+        message), redacted and cut to length like every stored text."""
+        with self._write() as session:
+            self._job(session, job_id)
+            session.add(JobMessage(job_id=job_id, created=utcnow(), source=self._scrub.text(source)[:32],
+                                   kind=self._scrub.text(kind)[:64], message=self._text(message)))
+
+    def record_level_result(self, job_id: int, *, level: int, written: int, missing: int,
+                            bytes: int) -> None:
+        """Set one level's written / missing tiles and bytes as read back from a delegated
+        export's output (no bundle checkpoints exist then); the job's totals follow.
+
+        Recording a level again replaces its counts, so the totals never count a tile twice.
+        """
+        if min(written, missing, bytes) < 0:
+            raise CatalogError(f"negative counts for level {level} of job {job_id}")
+        counts = {"tiles_written": written, "tiles_missing": missing, "bytes": bytes}
+        with self._write() as session:
+            job = self._job(session, job_id)
+            job_level = session.scalar(select(JobLevel).where(
+                JobLevel.job_id == job_id, JobLevel.level == level))
+            if job_level is None:
+                raise CatalogError(f"job {job_id} has no level {level} in {self.path}")
+            for column, value in counts.items():
+                setattr(job, column, getattr(job, column) - getattr(job_level, column) + value)
+                setattr(job_level, column, value)
+
     # -- reads ------------------------------------------------------------------------------
+
+    def job_messages(self, job_id: int) -> list[dict[str, Any]]:
+        """The messages of a delegated export, oldest first."""
+        with self._read() as session:
+            self._job(session, job_id)
+            return [{"created": m.created.isoformat(), "source": m.source, "kind": m.kind,
+                     "message": m.message}
+                    for m in session.scalars(select(JobMessage).where(JobMessage.job_id == job_id)
+                                             .order_by(JobMessage.id))]
 
     def done_bundles(self, job_id: int) -> set[tuple[int, int, int]]:
         """``(level, bundle_row, bundle_col)`` of the bundles a resume can skip."""
