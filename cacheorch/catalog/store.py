@@ -174,10 +174,7 @@ class Catalog:
             raise CatalogError(f"negative counts for bundle {level}/{bundle_row}/{bundle_col}")
         with self._write() as session:
             job = self._job(session, job_id)
-            job_level = session.scalar(select(JobLevel).where(
-                JobLevel.job_id == job_id, JobLevel.level == level))
-            if job_level is None:
-                raise CatalogError(f"job {job_id} has no level {level} in {self.path}")
+            job_level = self._job_level(session, job_id, level)
             bundle = session.scalar(select(JobBundle).where(
                 JobBundle.job_id == job_id, JobBundle.level == level,
                 JobBundle.bundle_row == bundle_row, JobBundle.bundle_col == bundle_col))
@@ -250,10 +247,7 @@ class Catalog:
         counts = {"tiles_written": written, "tiles_missing": missing, "bytes": bytes}
         with self._write() as session:
             job = self._job(session, job_id)
-            job_level = session.scalar(select(JobLevel).where(
-                JobLevel.job_id == job_id, JobLevel.level == level))
-            if job_level is None:
-                raise CatalogError(f"job {job_id} has no level {level} in {self.path}")
+            job_level = self._job_level(session, job_id, level)
             for column, value in counts.items():
                 setattr(job, column, getattr(job, column) - getattr(job_level, column) + value)
                 setattr(job_level, column, value)
@@ -334,6 +328,13 @@ class Catalog:
 
     def _text(self, value: str) -> str:
         return self._scrub.text(value)[:_MAX_TEXT]
+
+    def _job_level(self, session: Session, job_id: int, level: int) -> JobLevel:
+        job_level = session.scalar(select(JobLevel).where(
+            JobLevel.job_id == job_id, JobLevel.level == level))
+        if job_level is None:
+            raise CatalogError(f"job {job_id} has no level {level} in {self.path}")
+        return job_level
 
     def _job(self, session: Session, job_id: int) -> Job:
         job = session.get(Job, job_id)
