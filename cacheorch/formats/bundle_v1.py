@@ -17,14 +17,17 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
-from cacheorch.errors import FormatError
+from cacheorch.errors import ExportError, FormatError
 from cacheorch.formats.bundle import parse_bundle_name
 from cacheorch.tiling import BUNDLE_SIZE
 
 __all__ = [
     "BUNDLX_SIZE", "BUNDLX_HEADER_SIZE", "V1_HEADER", "V1_HEADER_SIZE", "V1_FIRST_RECORD",
     "V1Header", "bundlx_name", "bundlx_slot", "read_v1_header", "parse_bundlx", "BundleV1Reader",
+    "BUNDLX_HEADER", "BUNDLX_FOOTER", "BundleV1Writer",
 ]
 
 _ENTRIES = BUNDLE_SIZE * BUNDLE_SIZE  # 16384
@@ -38,6 +41,12 @@ V1_HEADER_SIZE = V1_HEADER.size  # 60
 #: Where the first tile record (its size prefix) starts: past the header and the zero size table.
 V1_FIRST_RECORD = V1_HEADER_SIZE + 4 * _ENTRIES  # 65596
 _U32 = struct.Struct("<I")
+#: The bundlx header and footer ArcGIS writes (every .tpk sample has exactly these bytes).
+BUNDLX_HEADER = bytes.fromhex("03000000100000000040000005000000")
+BUNDLX_FOOTER = bytes.fromhex("00000000100000001000000000000000")
+#: A V1 record's size prefix is a u32 and its offset 5 bytes: the format's limits.
+_MAX_TILE = 0xFFFFFFFF
+_MAX_OFFSET = (1 << 40) - 1
 
 
 def bundlx_name(bundle_row: int, bundle_col: int) -> str:
@@ -181,3 +190,104 @@ class BundleV1Reader:
                 data = self._record(index[c * BUNDLE_SIZE + r])
                 if data is not None:
                     yield (self.bundle_row + r, self.bundle_col + c, data)
+
+
+class BundleV1Writer:
+    """Writes one V1 bundle and its bundlx incrementally, the way ArcGIS lays them out.
+
+    Tile records are appended as they arrive (memory holds only the 16384 offsets); :meth:`finish`
+    writes the header, fills the bundlx and fsyncs both. Empty cells point into the zeroed size
+    table (``60 + 4 × slot``), as in ArcGIS-made bundles, so readers that follow the offset read 0.
+    Until :meth:`finish` neither file is valid, which is why exporters write them under
+    temporary names.
+    """
+
+    def __init__(self, bundle_path: str | os.PathLike[str], bundlx_path: str | os.PathLike[str],
+                 bundle_row: int, bundle_col: int) -> None:
+        if bundle_row % BUNDLE_SIZE or bundle_col % BUNDLE_SIZE or bundle_row < 0 or bundle_col < 0:
+            raise ValueError(f"bundle origin ({bundle_row}, {bundle_col}) is not a non-negative "
+                             f"multiple of {BUNDLE_SIZE}")
+        self.path = Path(bundle_path)
+        self.bundlx_path = Path(bundlx_path)
+        self.bundle_row = bundle_row
+        self.bundle_col = bundle_col
+        self._offsets: list[int] = [V1_HEADER_SIZE + 4 * slot for slot in range(_ENTRIES)]
+        self._filled = bytearray(_ENTRIES)
+        self._largest = 0
+        self._count = 0
+        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in finish/abort
+        try:
+            self._file.write(bytes(V1_FIRST_RECORD))  # header + zero size table, filled in finish
+        except BaseException:
+            self.abort()
+            raise
+        self._end = V1_FIRST_RECORD
+
+    @property
+    def tile_count(self) -> int:
+        return self._count
+
+    def add(self, row: int, col: int, data: bytes) -> None:
+        """Append one tile (absolute row and column) exactly as given."""
+        if self._file is None:
+            raise ExportError(f"{self.path.name}: bundle already finished or aborted")
+        if not (self.bundle_row <= row < self.bundle_row + BUNDLE_SIZE
+                and self.bundle_col <= col < self.bundle_col + BUNDLE_SIZE):
+            raise ExportError(f"tile row {row} col {col} is outside bundle {self.path.name}")
+        size = len(data)
+        if size == 0:
+            raise ExportError(f"tile row {row} col {col} is empty; a bundle cannot store a 0-byte tile")
+        if size > _MAX_TILE or self._end + 4 + size > _MAX_OFFSET:
+            raise ExportError(f"{self.path.name}: tile row {row} col {col} ({size} bytes) exceeds "
+                              "what a Compact V1 bundle can address")
+        slot = bundlx_slot(row, col)
+        if self._filled[slot]:
+            raise ExportError(f"tile row {row} col {col} was added twice to {self.path.name}")
+        self._file.write(_U32.pack(size))
+        self._file.write(data)
+        self._offsets[slot] = self._end  # V1: the offset points at the size prefix
+        self._filled[slot] = 1
+        self._end += 4 + size
+        self._largest = max(self._largest, size)
+        self._count += 1
+
+    def finish(self) -> int:
+        """Write the header and the bundlx, flush and fsync both; return the bundle's size."""
+        if self._file is None:
+            raise ExportError(f"{self.path.name}: bundle already finished or aborted")
+        f = self._file
+        try:
+            header = V1_HEADER.pack(3, _ENTRIES, self._largest, 5, 4 * self._count, self._end,
+                                    40, 16, self.bundle_row, self.bundle_row + BUNDLE_SIZE - 1,
+                                    self.bundle_col, self.bundle_col + BUNDLE_SIZE - 1)
+            f.seek(0)
+            f.write(header)
+            f.flush()
+            os.fsync(f.fileno())
+            wide = struct.pack(f"<{_ENTRIES}Q", *self._offsets)
+            body = bytearray(5 * _ENTRIES)
+            for byte in range(5):  # keep the low five bytes of each u64
+                body[byte::5] = wide[byte::8]
+            with open(self.bundlx_path, "wb") as x:
+                x.write(BUNDLX_HEADER + bytes(body) + BUNDLX_FOOTER)
+                x.flush()
+                os.fsync(x.fileno())
+        except BaseException:
+            self.abort()
+            raise
+        f.close()
+        self._file = None
+        return self._end + BUNDLX_SIZE
+
+    def abort(self) -> None:
+        """Close and delete both partial files."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+        for path in (self.path, self.bundlx_path):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
