@@ -1,0 +1,515 @@
+"""Every built-in plugin held to the same contract third-party plugins are (cacheorch.testing).
+
+One subclass per built-in plugin; the checks themselves live in cacheorch.testing, so a rule the
+core relies on is written once and applies to everyone. Exporters that another part of the tree
+may not have registered yet are skipped, not failed, when absent from DEFAULT_PLUGINS.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from _tileserver import TileServer
+
+from cacheorch.interfaces import Service
+from cacheorch.pluginmanager import DEFAULT_PLUGINS, make_plugins
+from cacheorch.testing import (
+    AreaContract, DelegatedExporterContract, ExporterContract, PolicyContract, ScaleSourceContract, TileSourceContract,
+    colour_of, solid_tile, web_mercator_service,
+)
+from cacheorch.tiling import TileKey, web_mercator_scheme
+
+REFUSED = "http://127.0.0.1:9/arcgis/rest/services/Nothing/MapServer"  # discard port: refused
+
+
+def _builtin(module: str, attr: str) -> type:
+    """A built-in plugin class; the test is skipped while its module is not registered yet."""
+    dotted = f"cacheorch.plugins.{module}"
+    if dotted not in DEFAULT_PLUGINS:
+        pytest.skip(f"{dotted} is not in DEFAULT_PLUGINS")
+    return getattr(importlib.import_module(dotted), attr)
+
+
+class _Lazy:
+    """``plugin = _Lazy("export_gpkg", "GpkgExporter")``: resolved on first use, so collection
+    never fails for a module another engineer has not finished."""
+
+    def __init__(self, module: str, attr: str) -> None:
+        self.module, self.attr = module, attr
+
+    def __get__(self, obj: object, owner: type) -> type:
+        return _builtin(self.module, self.attr)
+
+
+# -- scale sources -------------------------------------------------------------------------------
+
+@pytest.fixture
+def street_map(fixtures: Path) -> dict:
+    path = fixtures / "mapserver_json" / "World_Street_Map_MapServer_v10.01.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class TestRestScaleSource(ScaleSourceContract):
+    plugin = _Lazy("scales_rest", "RestScaleSource")
+    bad_locations = (REFUSED,)
+
+    @pytest.fixture
+    def location(self, street_map: dict) -> Iterator[str]:
+        with TileServer(service=street_map) as srv:
+            yield srv.url
+
+
+class TestDefaultsScaleSource(ScaleSourceContract):
+    plugin = _Lazy("scales_defaults", "DefaultsScaleSource")
+    options = {"max_level": "12"}
+
+    @pytest.fixture
+    def location(self) -> str:
+        return "defaults"
+
+
+class TestConfScaleSource(ScaleSourceContract):
+    plugin = _Lazy("scales_conf", "ConfScaleSource")
+    bad_locations = ("/nonexistent/cacheorch-contract/conf.xml",)
+
+    @pytest.fixture
+    def location(self, fixtures: Path) -> str:
+        return str(fixtures / "esri_compactcache_sample")
+
+
+class TestStatusGdbScaleSource(ScaleSourceContract):
+    plugin = _Lazy("scales_status_gdb", "StatusGdbScaleSource")
+    bad_locations = ("/nonexistent/cacheorch-contract/Status.gdb",)
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> str:
+        pyogrio = pytest.importorskip("pyogrio")
+        import numpy as np
+        import shapely
+
+        from cacheorch.formats.confxml import write_conf_xml
+        scheme = web_mercator_scheme(max_level=8)
+        layers = tmp_path / "arcgiscache" / "Roads" / "Layers"
+        layers.mkdir(parents=True)
+        write_conf_xml(scheme, layers / "conf.xml")
+        gdb = layers.parent / "Status.gdb"
+        geom = shapely.box(*scheme.tile_bounds(3, 0, 0))
+        pyogrio.raw.write(str(gdb), np.array([shapely.to_wkb(geom)], dtype=object),
+                          [np.array([3], dtype="int32"), np.array(["Completed"], dtype=object)],
+                          ["LevelID", "Status"], driver="OpenFileGDB", layer="TaskStatus",
+                          geometry_type="Polygon", crs="EPSG:3857")
+        return str(gdb)
+
+
+# -- policies ------------------------------------------------------------------------------------
+
+class TestLevelsPolicy(PolicyContract):
+    plugin = _Lazy("policy_levels", "LevelsPolicy")
+    options = {"levels": "2-5,8"}
+    bad_options = ({"levels": "two"}, {"levels": "99"}, {"levels": "5-2"})
+
+
+class TestScaleRangePolicy(PolicyContract):
+    plugin = _Lazy("policy_scale_range", "ScaleRangePolicy")
+    options = {"min_scale": "50000000", "max_scale": "1000000"}
+    bad_options = ({"min_scale": "-1"}, {"min_scale": "1000", "max_scale": "1000000"},
+                   {"min_scale": "big"})
+
+
+class TestSnapPolicy(PolicyContract):
+    plugin = _Lazy("policy_snap", "SnapPolicy")
+    options = {"scales": f"{web_mercator_scheme().lod(3).scale!r};{web_mercator_scheme().lod(6).scale!r}"}
+    bad_options = ({"scales": "12345"}, {"scales": "abc"})
+
+
+class TestMaxTilesPolicy(PolicyContract):
+    plugin = _Lazy("policy_budget", "MaxTilesPolicy")
+    options = {"tiles": "1000"}
+    bad_options = ({"tiles": "lots"}, {"tiles": "1000", "prefer": "sideways"})
+
+
+class TestMaxBytesPolicy(PolicyContract):
+    plugin = _Lazy("policy_budget", "MaxBytesPolicy")
+    options = {"bytes": "100MB"}
+    bad_options = ({"bytes": "heaps"},)
+
+
+class TestServiceLimitsPolicy(PolicyContract):
+    plugin = _Lazy("policy_service_limits", "ServiceLimitsPolicy")
+
+    @pytest.fixture
+    def service(self) -> Service:
+        return web_mercator_service(10, export_tiles_allowed=True, max_export_tiles_count=100_000)
+
+
+class TestExcludePolicy(PolicyContract):
+    plugin = _Lazy("policy_exclude", "ExcludePolicy")
+    options = {"levels": "3,4"}
+    bad_options = ({"levels": "x"},)
+
+
+# -- areas ---------------------------------------------------------------------------------------
+
+class TestExtentArea(AreaContract):
+    plugin = _Lazy("aoi_extent", "ExtentArea")
+
+    @pytest.fixture
+    def spec(self) -> str:
+        return ""
+
+
+class TestBBoxArea(AreaContract):
+    plugin = _Lazy("aoi_bbox", "BBoxArea")
+    bad_specs = ("1,2,3", "3,3,1,1", "a,b,c,d", "0,0,10,10@999999999", "500,0,600,10@4326")
+
+    @pytest.fixture
+    def spec(self) -> str:
+        return "5.9,45.8,10.5,47.8@4326"
+
+
+class TestWktArea(AreaContract):
+    plugin = _Lazy("aoi_wkt", "WktArea")
+    bad_specs = ("POLYGON((0 0, 1 1", "LINESTRING(0 0, 10 10)", "POINT(1 2)")
+
+    @pytest.fixture
+    def spec(self) -> str:
+        return "POLYGON((6 46, 10 46, 10 48, 6 48, 6 46))@4326"
+
+
+_ALPS = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
+         "geometry": {"type": "Polygon",
+                      "coordinates": [[[6, 46], [10, 46], [10, 48], [6, 48], [6, 46]]]}}]}
+
+
+class TestFileArea(AreaContract):
+    plugin = _Lazy("aoi_file", "FileArea")
+    bad_specs = ("/nonexistent/cacheorch-contract/area.geojson",)
+
+    @pytest.fixture
+    def spec(self, tmp_path: Path) -> str:
+        path = tmp_path / "alps.geojson"
+        path.write_text(json.dumps(_ALPS))
+        return str(path)
+
+    def test_a_file_without_polygons_is_refused(self, tmp_path: Path, service: Service,
+                                                connection) -> None:
+        from cacheorch.errors import AreaError
+        path = tmp_path / "line.geojson"
+        path.write_text(json.dumps({"type": "LineString", "coordinates": [[0, 0], [1, 1]]}))
+        with pytest.raises(AreaError):
+            self.area(str(path), service, connection)
+
+
+class TestLayerArea(AreaContract):
+    plugin = _Lazy("aoi_layer", "LayerArea")
+    bad_specs = ("/nonexistent/cacheorch-contract/parcels.gpkg",)
+
+    @pytest.fixture
+    def spec(self, tmp_path: Path) -> str:
+        pyogrio = pytest.importorskip("pyogrio")
+        import numpy as np
+        import shapely
+        path = tmp_path / "parcels.gpkg"
+        geom = shapely.box(6, 46, 10, 48)
+        pyogrio.raw.write(str(path), np.array([shapely.to_wkb(geom)], dtype=object),
+                          [np.array([7], dtype="int32")], ["district"], driver="GPKG",
+                          layer="parcels", geometry_type="Polygon", crs="EPSG:4326")
+        return f"{path}#parcels"
+
+
+class TestBufferArea(AreaContract):
+    plugin = _Lazy("aoi_buffer", "BufferArea")
+    bad_specs = ("500:bbox:0,0,1,1", "lots:extent", "500m:")
+
+    @pytest.fixture
+    def spec(self) -> str:
+        return "5km:bbox:0,0,100000,100000"
+
+
+class TestBufferInTilesArea(TestBufferArea):
+    """The one built-in area that differs per level."""
+
+    @pytest.fixture
+    def spec(self) -> str:
+        return "2tiles:bbox:0,0,100000,100000"
+
+
+# -- tile sources --------------------------------------------------------------------------------
+
+_PRESENT = [TileKey(3, r, c) for r in range(2) for c in range(3)]
+_ABSENT = [TileKey(3, 5, 5), TileKey(4, 0, 0)]
+
+
+class TestRestTileSource(TileSourceContract):
+    plugin = _Lazy("tiles_rest", "RestTileSource")
+    options = {"backoff": "0.01"}
+
+    @pytest.fixture
+    def service(self) -> Iterator[Service]:
+        tiles = {(k.level, k.row, k.col): solid_tile(colour_of(k.level, k.row, k.col))
+                 for k in _PRESENT}
+        with TileServer(tiles) as srv:
+            yield web_mercator_service(8, location=srv.url, kind="MapServer")
+
+    @pytest.fixture
+    def present_keys(self) -> Sequence[TileKey]:
+        return _PRESENT
+
+    @pytest.fixture
+    def absent_keys(self) -> Sequence[TileKey]:
+        return _ABSENT
+
+
+class TestCacheTileSource(TileSourceContract):
+    plugin = _Lazy("tiles_cache", "CacheTileSource")
+
+    @pytest.fixture
+    def service(self, tmp_path: Path) -> Service:
+        from cacheorch.connection import Connection
+        from cacheorch.interfaces import ExportRequest
+        from cacheorch.plugins.export_compact_v2 import CompactV2Exporter
+        from cacheorch.plugins.scales_conf import ConfScaleSource
+        scheme = web_mercator_scheme(max_level=8)
+        out = tmp_path / "cache"
+        service = Service("contract://", scheme, name="cache")
+        session = CompactV2Exporter().open(ExportRequest(
+            output=out, service=service, scheme=scheme.with_levels([3]), levels=(scheme.lod(3),)))
+        sink = session.open_bundle(3, 0, 0)
+        for k in _PRESENT:
+            sink.add(k.row, k.col, solid_tile(colour_of(k.level, k.row, k.col)))
+        sink.close()
+        session.commit()
+        session.discard()
+        return ConfScaleSource().read(str(out), Connection())
+
+    @pytest.fixture
+    def present_keys(self) -> Sequence[TileKey]:
+        return _PRESENT
+
+    @pytest.fixture
+    def absent_keys(self) -> Sequence[TileKey]:
+        return [TileKey(3, 5, 5)]
+
+
+# -- exporters -----------------------------------------------------------------------------------
+
+class TestCompactV2Exporter(ExporterContract):
+    plugin = _Lazy("export_compact_v2", "CompactV2Exporter")
+    gdal_driver = "ESRIC"
+
+
+class TestTpkxExporter(ExporterContract):
+    plugin = _Lazy("export_tpkx", "TpkxExporter")
+    gdal_driver = "ESRIC"
+
+
+class TestTpkExporter(ExporterContract):
+    plugin = _Lazy("export_tpk", "TpkExporter")
+
+
+class TestExplodedExporter(ExporterContract):
+    plugin = _Lazy("export_exploded", "ExplodedExporter")
+
+
+def _sqlite_tiles(path: Path, table: str, keys, flip: bool) -> dict:
+    """Tile bytes straight from the SQLite tables (not through cacheorch's own reader)."""
+    out = {}
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        for level, row, col in keys:
+            stored_row = (2 ** level - 1 - row) if flip else row
+            hit = conn.execute(f'SELECT tile_data FROM "{table}" WHERE zoom_level=? AND '
+                               "tile_column=? AND tile_row=?", (level, col, stored_row)).fetchone()
+            out[(level, row, col)] = bytes(hit[0]) if hit else None
+    return out
+
+
+class TestMBTilesExporter(ExporterContract):
+    plugin = _Lazy("export_mbtiles", "MBTilesExporter")
+    gdal_driver = "MBTiles"
+
+    def read_tiles(self, output, keys):
+        return _sqlite_tiles(output, "tiles", keys, flip=True)
+
+
+class TestGpkgExporter(ExporterContract):
+    plugin = _Lazy("export_gpkg", "GpkgExporter")
+    gdal_driver = "GPKG"
+
+    def read_tiles(self, output, keys):
+        with sqlite3.connect(f"file:{output}?mode=ro", uri=True) as conn:
+            (table,), = conn.execute("SELECT table_name FROM gpkg_contents WHERE data_type='tiles'")
+        return _sqlite_tiles(output, table, keys, flip=False)
+
+
+class TestRestExportTilesExporter(DelegatedExporterContract):
+    plugin = _Lazy("export_rest_tiles", "RestExportTilesExporter")
+    bad_options = ({"storage": "Exploded"}, {"max_tiles": "many"})
+
+
+class TestExportTileCacheExporter(DelegatedExporterContract):
+    plugin = _Lazy("export_arcpy", "ExportTileCacheExporter")
+
+
+class TestExportMapServerCacheExporter(DelegatedExporterContract):
+    plugin = _Lazy("export_arcpy", "ExportMapServerCacheExporter")
+
+
+def test_every_builtin_plugin_has_a_contract_test() -> None:
+    """A built-in added to DEFAULT_PLUGINS without a contract subclass here fails this test."""
+    plugins = make_plugins(load_entrypoints=False)
+    tested = set()
+    for obj in globals().values():
+        if isinstance(obj, type) and obj.__name__.startswith("Test") and "plugin" in vars(obj):
+            try:
+                tested.add(obj.plugin)
+            except pytest.skip.Exception:
+                pass
+    missing = [f"{entry.name} ({entry.plugin})" for registry in plugins.registries().values()
+               for entry in registry if entry.cls not in tested]
+    assert not missing, f"built-in plugins without a contract test: {missing}"
+
+
+# -- the contracts themselves can fail ---------------------------------------------------------
+
+class _GreedyFetcher:
+    """Drains every key before yielding anything: what the streaming check must catch."""
+
+    def __init__(self, keys_seen: list) -> None:
+        self.seen = keys_seen
+
+    def fetch(self, keys):
+        from cacheorch.interfaces import TileResult
+        everything = []
+        for key in keys:
+            everything.append(key)
+            if len(everything) > 500:
+                break
+        self.seen.append(len(everything))
+        for key in everything:
+            yield TileResult(key, "missing")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_streaming_contract_catches_a_fetcher_that_drains_its_keys() -> None:
+    from cacheorch.interfaces import TileFetcher, TileSource
+    seen: list[int] = []
+
+    class Greedy(TileSource):
+        """Reads every key first."""
+        name = "greedy"
+
+        def open(self, service, connection, workers):
+            fetcher = _GreedyFetcher(seen)
+            TileFetcher.register(type(fetcher))
+            return fetcher
+
+    class Check(TileSourceContract):
+        plugin = Greedy
+
+    with pytest.raises(AssertionError, match="reads too far ahead"):
+        Check().test_keys_are_consumed_lazily(web_mercator_service(), None, _PRESENT)
+    assert seen == [501]
+
+
+def test_policy_contract_catches_a_policy_that_adds_or_reorders_levels() -> None:
+    from cacheorch.interfaces import SelectionPolicy
+    from cacheorch.testing import StaticPolicyContext
+
+    class Backwards(SelectionPolicy):
+        """Reverses the levels."""
+        name = "backwards"
+
+        def select(self, scheme, levels):
+            return list(reversed(scheme.lods))
+
+    class Check(PolicyContract):
+        plugin = Backwards
+
+    service = web_mercator_service(5)
+    with pytest.raises(AssertionError, match="scheme order"):
+        Check().test_keeps_a_subset_in_scheme_order(service, StaticPolicyContext(service))
+    with pytest.raises(AssertionError):
+        Check().test_never_adds_levels_it_was_not_given(service, StaticPolicyContext(service))
+
+
+def test_area_contract_catches_lines_and_bare_exceptions() -> None:
+    from shapely.geometry import LineString
+
+    from cacheorch.connection import Connection
+    from cacheorch.interfaces import AOIGenerator
+
+    class Lines(AOIGenerator):
+        """Returns a line, and a ValueError for bad input."""
+        name = "lines"
+
+        def area(self, spec, service, connection):
+            if spec == "bad":
+                raise ValueError("boom")
+            return LineString([(0, 0), (1000, 1000)])
+
+    class Check(AreaContract):
+        plugin = Lines
+        bad_specs = ("bad",)
+
+    service = web_mercator_service(8)
+    with pytest.raises(AssertionError, match="return a Polygon or MultiPolygon"):
+        Check().test_area_is_polygonal_in_the_scheme_inside_the_grid("x", service, Connection())
+    with pytest.raises(AssertionError, match="raise a cacheorch.errors.CacheorchError"):
+        Check().test_bad_specs_raise_one_clean_line(service, Connection())
+
+
+def test_plugin_contract_catches_bad_names_and_options() -> None:
+    from dataclasses import dataclass
+
+    from cacheorch.interfaces import SelectionPolicy
+
+    class Shouty(SelectionPolicy):
+        name = "Keep_ALL"
+
+        @dataclass
+        class Options:
+            limit: int  # no default
+
+        def select(self, scheme, levels):
+            return list(levels)
+
+    class Check(PolicyContract):
+        plugin = Shouty
+
+    with pytest.raises(AssertionError, match="lowercase token"):
+        Check().test_name_is_a_lowercase_token()
+    with pytest.raises(AssertionError, match="needs a docstring"):
+        Check().test_describe_is_one_nonempty_line()
+    with pytest.raises(AssertionError, match="has no default"):
+        Check().test_every_option_has_a_default()
+
+
+def test_exporter_contract_catches_an_output_published_before_commit(tmp_path: Path) -> None:
+    from cacheorch.plugins.export_compact_v2 import CompactV2Exporter
+
+    class Eager(CompactV2Exporter):
+        """Publishes on open (wrongly)."""
+        name = "eager"
+
+        def open(self, request):
+            session = super().open(request)
+            Path(request.output).mkdir()
+            return session
+
+    class Check(ExporterContract):
+        plugin = Eager
+
+    with pytest.raises(AssertionError, match="appeared before commit"):
+        Check().test_output_absent_until_commit(tmp_path, web_mercator_scheme(4))
