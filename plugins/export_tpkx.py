@@ -6,6 +6,7 @@ that over the output, so the output name only ever holds a complete package.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -45,6 +46,22 @@ def _zip_info(name: str, when: float | None = None) -> zipfile.ZipInfo:
     else:
         info.external_attr = 0o644 << 16
     return info
+
+
+def _remove_dead_packings(output: Path) -> None:
+    """Delete ``<output>.tmp-<pid>`` files left by a process killed while packing (resume)."""
+    for leftover in output.parent.glob(f"{glob.escape(output.name)}.tmp-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that process is alive: another job's packing, not ours to touch
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        leftover.unlink(missing_ok=True)
 
 
 class TpkxSession(StagingSession):
@@ -100,6 +117,7 @@ class TpkxSession(StagingSession):
 
     def _publish(self) -> None:
         output = self.output
+        _remove_dead_packings(output)
         tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
         try:
             self._pack(tmp)

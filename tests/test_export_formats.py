@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import threading
@@ -483,3 +484,17 @@ def test_full_extent_in_another_sr_is_projected(tmp_path):
         xmin, ymin, xmax, ymax = cache.full_extent.bounds
     assert (xmin, xmax) == pytest.approx((-1113194.9, 1113194.9), abs=1)
     assert (ymin, ymax) == pytest.approx((4865942.3, 6446275.8), abs=1)
+
+
+def test_a_packing_killed_midway_is_cleaned_up_by_the_next_commit(tmp_path):
+    """``out.tpkx.tmp-<pid>`` of a dead process goes; a live process's one stays."""
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    output = tmp_path / "a.tpkx"
+    (tmp_path / f"a.tpkx.tmp-{dead}").write_bytes(b"half a zip")
+    alive = tmp_path / f"a.tpkx.tmp-{os.getppid()}"
+    alive.write_bytes(b"someone else's")
+    _export("tpkx", _request(output, web_mercator_scheme(), [0]), {(0, 0, 0): solid_png((1, 1, 1))})
+    assert output.is_file() and not (tmp_path / f"a.tpkx.tmp-{dead}").exists() and alive.exists()
