@@ -31,6 +31,34 @@ log = logging.getLogger(__name__)
 _SECRET_PARAMS = {"token", "password", "client_secret", "apikey", "api_key", "key"}
 
 
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)([?&](?:token|password|client_secret|apikey|api_key|key)=)[^&\s'\"#]+")
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secret URL parameters in log records of libraries that log URLs as they are.
+
+    urllib3 logs every request line at DEBUG (``"GET /...?token=... HTTP/1.1"``); a user who
+    turns on ``-vv`` to debug a job must not find the token in the log file they attach to a
+    bug report. The record's message is formatted, masked, and stored without arguments.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is the logging module's to report
+            return True
+        masked = _SECRET_IN_TEXT.sub(r"\1***", message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+#: Loggers of the libraries that put request URLs in their records.
+for _name in ("urllib3.connectionpool", "requests"):
+    logging.getLogger(_name).addFilter(RedactingFilter())
+
+
 def redact_url(url: str) -> str:
     """The URL with secret query parameters (token, password...) replaced by ``***``."""
     parts = urlsplit(url)
@@ -65,6 +93,12 @@ class Connection:
     token_expires: float | None = None
     #: The service tokens are for (the token service is found from it).
     token_service: str | None = None
+    #: Politeness: tile requests per second at most, over every connection (None: no limit).
+    max_rps: float | None = None
+    #: Stop fetching when more than this fraction of the last ``failure_window`` requests
+    #: failed (None: never); the job ends failed and resumable.
+    max_failure_rate: float | None = None
+    failure_window: int = 200
     _session: requests.Session | None = field(default=None, repr=False)
     _token_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _renewals: deque[float] = field(default_factory=lambda: deque(maxlen=64), repr=False)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-__all__ = ["Event", "JobStarted", "BundleDone", "JobFinished", "emit"]
+__all__ = ["Event", "JobStarted", "BundleDone", "JobFinished", "JobMessage", "emit"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,17 @@ class JobFinished(Event):
     name: ClassVar[str] = "job-finished"
     status: str = "completed"
     output: str = ""
+
+
+@dataclass(frozen=True)
+class JobMessage(Event):
+    """Event name: ``job-message``. A delegated export (ArcGIS exportTiles job, arcpy tool) said
+    something: a server job message or a geoprocessing message, as recorded in the catalog."""
+
+    name: ClassVar[str] = "job-message"
+    source: str = "server"
+    kind: str = "info"
+    message: str = ""
 
 
 def emit(pm: Any, event: Event) -> None:

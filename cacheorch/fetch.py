@@ -38,9 +38,11 @@ from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from cacheorch.connection import USER_AGENT
+from cacheorch.errors import JobFailedError
 from cacheorch.formats.png import is_image
 
-__all__ = ["RetryPolicy", "FetchResult", "TileFetchEngine", "fetch_tiles", "redact_text"]
+__all__ = ["RetryPolicy", "FetchResult", "TileFetchEngine", "fetch_tiles", "redact_text",
+           "RateLimiter", "FailureWindow", "TooManyFailuresError"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,65 @@ class RetryPolicy:
             if seconds is not None:
                 return max(0.0, min(seconds, self.retry_after_cap))
         return self.delay(attempt)
+
+
+class TooManyFailuresError(JobFailedError):
+    """Too many of the latest requests failed: the server is down or refusing us, and going on
+    would only turn the rest of the job into failed tiles (and load on a struggling server)."""
+
+
+class RateLimiter:
+    """At most ``rate`` requests per second across every connection of an engine.
+
+    A token bucket holding one token: requests are spaced ``1/rate`` apart, and a pause lets
+    no burst through afterwards, which is what a server's rate limit (or a polite crawler's
+    promise) counts. Used from inside the engine's event loop only.
+    """
+
+    def __init__(self, rate: float) -> None:
+        if not rate > 0:
+            raise ValueError("the request rate must be above 0")
+        self.interval = 1.0 / rate
+        self._next = 0.0
+
+    def delay(self, now: float) -> float:
+        """Reserve the next slot; the seconds to wait for it."""
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        return slot - now
+
+    async def wait(self) -> None:
+        seconds = self.delay(time.monotonic())
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+
+class FailureWindow:
+    """Whether more than ``rate`` of the last ``size`` requests failed.
+
+    Every attempt counts, retries included: a server answering 503 to everything trips it
+    after ``rate × size`` attempts, long before the retries of every tile are spent. Fewer
+    requests than ``size`` count as what they are (10 failures of 10 trip a 0.5 × 20 window
+    once failures exceed 10), so a dead server is noticed early too.
+    """
+
+    def __init__(self, rate: float, size: int) -> None:
+        if not 0 <= rate < 1:
+            raise ValueError("the failure rate must be at least 0 and below 1")
+        if size < 1:
+            raise ValueError("the failure window must hold at least one request")
+        self.rate, self.size = rate, size
+        self._last: deque[bool] = deque(maxlen=size)
+        self.failed = 0
+
+    def record(self, ok: bool) -> bool:
+        """Count one request; True when the failures now exceed the limit."""
+        if len(self._last) == self.size and not self._last[0]:
+            self.failed -= 1
+        self._last.append(ok)
+        if not ok:
+            self.failed += 1
+        return self.failed > self.rate * self.size
 
 
 @dataclass(frozen=True)
@@ -502,6 +563,10 @@ class TileFetchEngine:
         server's message never reaches a log or catalog.
     :param trust_env: take proxies from ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``.
     :param ssl_context: for HTTPS; the system's trust store by default.
+    :param max_rps: requests per second at most, over every connection (None: no limit).
+    :param failure_rate: with ``failure_window``: end the fetch with
+        :class:`TooManyFailuresError` once more than this fraction of the last
+        ``failure_window`` requests (attempts, retries included) failed. None: never.
     :param reauth: called with the URL of a request refused for its token (ArcGIS 498 invalid
         or expired, 499 required; as an HTTP status or a JSON error body) and returns the URL
         to retry with, carrying a renewed token, or None to fail the tile. It runs in a worker
@@ -513,9 +578,15 @@ class TileFetchEngine:
                  timeout: float = 30.0, retry: RetryPolicy | None = None,
                  redact: Callable[[str], str] = redact_text, trust_env: bool = True,
                  ssl_context: ssl.SSLContext | None = None, max_redirects: int = 5,
-                 reauth: Callable[[str], str | None] | None = None) -> None:
+                 reauth: Callable[[str], str | None] | None = None,
+                 max_rps: float | None = None, failure_rate: float | None = None,
+                 failure_window: int = 200) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        self._limiter = RateLimiter(max_rps) if max_rps else None
+        self._failures = (FailureWindow(failure_rate, failure_window)
+                          if failure_rate is not None else None)
+        self._tripped: TooManyFailuresError | None = None
         self.workers = workers
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -737,13 +808,14 @@ class TileFetchEngine:
             self._deliver(call, _Raise(e))
 
     def _spawn(self, call: _Call, tag: Any, url: str) -> None:
-        begun = self._begin(url)
+        # a rate-limited request waits for its slot in _get before it goes on the wire
+        begun: _Begun | None = self._begin(url) if self._limiter is None else None
         task = self._loop.create_task(self._one(call, tag, url, begun))  # type: ignore[union-attr]
         self._active += 1
         call.tasks.add(task)
         task.add_done_callback(lambda t: self._task_done(call, begun, t))
 
-    async def _one(self, call: _Call, tag: Any, url: str, begun: _Begun) -> Any:
+    async def _one(self, call: _Call, tag: Any, url: str, begun: _Begun | None) -> Any:
         try:
             status, data, error = await self._get(url, begun)
             return call.make(tag, status, data, error)
@@ -752,15 +824,16 @@ class TileFetchEngine:
         except BaseException as e:  # noqa: BLE001 - surfaced in the caller's thread
             return _Raise(e)
 
-    def _task_done(self, call: _Call, begun: _Begun, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, call: _Call, begun: _Begun | None, task: asyncio.Task[Any]) -> None:
         self._active -= 1
         call.tasks.discard(task)
         if task.cancelled():
-            conn, fut, timer = begun[2], begun[3], begun[4]
-            if conn is not None and fut is not None and not fut.done():  # never awaited
-                conn.abort()
-                if timer is not None:
-                    timer.cancel()
+            if begun is not None:
+                conn, fut, timer = begun[2], begun[3], begun[4]
+                if conn is not None and fut is not None and not fut.done():  # never awaited
+                    conn.abort()
+                    if timer is not None:
+                        timer.cancel()
         elif not call.cancelled:
             self._deliver(call, task.result())
         waiting = self._waiting
@@ -781,7 +854,12 @@ class TileFetchEngine:
         redirects = 0
         stale_replays = 0
         reauthorised = self.reauth is None
+        count = self._count
         while True:
+            if self._tripped is not None:
+                raise self._tripped
+            if self._limiter is not None:
+                await self._limiter.wait()
             try:
                 resp = await self._request(url, begun)
             except _AttemptError as e:
@@ -789,6 +867,7 @@ class TileFetchEngine:
                 if e.stale and stale_replays < 2:
                     stale_replays += 1
                     continue
+                count(False, str(e))
                 if not e.retry or attempt >= retry.retries:
                     return "failed", None, self._fail(str(e), attempt)
                 await self._pause(url, str(e), retry.delay(attempt))
@@ -798,13 +877,16 @@ class TileFetchEngine:
             status = resp.status
             if status == 200:
                 if resp.headers.get(b"blank-tile", b"").lower() == b"true":
+                    count(True)
                     return "missing", None, None
                 body = resp.body
                 if is_image(body):
+                    count(True)
                     return "ok", body, None
                 arcgis = _arcgis_error(body)
                 if arcgis is not None:
                     code, message = arcgis
+                    count(False, message)
                     if code in _TOKEN_CODES and not reauthorised:
                         reauthorised = True
                         new_url = await self._reauth(url)
@@ -818,8 +900,11 @@ class TileFetchEngine:
                     return "failed", None, self._fail(message, attempt)
                 ctype = resp.headers.get(b"content-type", b"no content type").decode("latin-1")
                 ctype = ctype.split(";")[0].strip()
-                return "failed", None, self.redact(f"not an image ({ctype}, {len(body)} bytes)")
+                message = f"not an image ({ctype}, {len(body)} bytes)"
+                count(False, message)
+                return "failed", None, self.redact(message)
             if status == 404 or status == 204:
+                count(True)
                 return "missing", None, None
             if status in _REDIRECTS and b"location" in resp.headers:
                 redirects += 1
@@ -831,6 +916,7 @@ class TileFetchEngine:
             arcgis = _arcgis_error(resp.body)
             if arcgis is not None:
                 message += f" ({arcgis[1]})"
+            count(False, message)
             if not reauthorised and (status in _TOKEN_CODES
                                      or (arcgis is not None and arcgis[0] in _TOKEN_CODES)):
                 reauthorised = True
@@ -847,6 +933,18 @@ class TileFetchEngine:
                 attempt += 1
                 continue
             return "failed", None, self._fail(message, attempt)
+
+    def _count(self, ok: bool, why: str = "") -> None:
+        """Feed the failure window; past its limit, end every fetch of this engine."""
+        window = self._failures
+        if window is None or self._tripped is not None:
+            return
+        if window.record(ok):
+            self._tripped = TooManyFailuresError(
+                f"stopped: more than {window.rate:.0%} of the last {window.size} requests failed "
+                f"(latest: {self.redact(why)}); the server may be down or refusing requests. "
+                f"Finished bundles are kept: resume the job when it recovers")
+            raise self._tripped
 
     async def _reauth(self, url: str) -> str | None:
         """The URL with a renewed token, from :attr:`reauth` run off the event loop."""

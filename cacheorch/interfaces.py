@@ -20,13 +20,14 @@ if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
 
     from cacheorch.connection import Connection
+    from cacheorch.jobplan import JobPlan
 
 __all__ = [
     "Plugin", "NoOptions", "Service", "LevelStatus", "ScaleSource", "PolicyContext",
     "SelectionPolicy", "AOIGenerator",
     "AreaResolver", "TileResult",
     "TileFetcher", "TileSource", "BundleSink", "ExportSession", "Exporter", "ExportRequest",
-    "staging_path",
+    "staging_path", "DelegateReport", "DelegatedExporter",
 ]
 
 
@@ -361,6 +362,63 @@ class Exporter(Plugin, abc.ABC):
 
         Raise :class:`~cacheorch.errors.OutputExistsError` when the output exists and
         ``request.mode`` is ``create``.
+        """
+
+
+class DelegateReport(abc.ABC):
+    """What a :class:`DelegatedExporter` tells the job while it runs: the output it must write,
+    messages (server job messages, geoprocessing messages) and progress in planned tiles.
+
+    Messages go into the catalog (``job_messages``), to ``cacheorch_track_event`` observers as a
+    ``JobMessage`` event, and to the log; progress moves the progress bar.
+    """
+
+    #: Where the finished output must end up (the exporter stages beside it, as every exporter).
+    output: Path
+    #: The catalog id of the job being run.
+    job_id: int
+
+    @abc.abstractmethod
+    def message(self, text: str, *, kind: str = "info", source: str = "server") -> None:
+        """Record one message; ``kind`` is info, warning or error (or the server's own type),
+        ``source`` says who said it (``server``, ``arcpy``, ``cacheorch``)."""
+
+    @abc.abstractmethod
+    def progress(self, tiles: int) -> None:
+        """``tiles`` more of the planned tiles are done (exported and downloaded)."""
+
+
+class DelegatedExporter(Exporter):
+    """An exporter that does the whole job itself: ArcGIS builds the tiles, cacheorch fetches none.
+
+    The runner hands it the plan instead of opening a session; the catalog still records the job,
+    its levels (planned counts from cacheorch's planner, written counts read back from the
+    output) and its status. Subclasses implement :meth:`export`, and may check at plan time that
+    they can run here (:meth:`unavailable`) and ask the server for its own estimate
+    (:meth:`estimate`).
+    """
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this exporter cannot run on this machine (arcpy missing...), or None."""
+        return None
+
+    def open(self, request: ExportRequest) -> ExportSession:
+        from cacheorch.errors import ExportError
+        raise ExportError(f"exporter {self.name} runs the whole export itself; it has no "
+                          f"bundle session")
+
+    def estimate(self, plan: JobPlan, connection: Connection) -> dict[str, Any] | None:
+        """The server's own estimate (``{"tiles": n, "bytes": n}``) for ``plan``, or None when
+        there is none; ``plan`` shows it beside cacheorch's count."""
+        return None
+
+    @abc.abstractmethod
+    def export(self, plan: JobPlan, connection: Connection, report: DelegateReport) -> Path:
+        """Run the whole export of ``plan`` into ``report.output``; return the output's path.
+
+        Raise :class:`~cacheorch.errors.ExportError` with one clear line (including what the
+        server or tool said) when it fails; leave nothing under ``report.output`` then.
         """
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+from urllib.parse import urlencode
 
 from cacheorch.config import AreaSpec, Config, parse_area_flag
 from cacheorch.errors import ConfigError, UsageError
@@ -17,6 +18,11 @@ __all__ = ["JobSpec", "PluginSpec", "job_spec_from"]
 
 DEFAULT_EXPORTER = "tpkx"
 DEFAULT_WORKERS = 8
+DEFAULT_FAILURE_WINDOW = 200
+#: Config keys of a job's politeness towards the server (flags --user-agent, --max-rps...).
+_POLITENESS_KEYS = {"user_agent", "max_rps", "max_failure_rate", "failure_window"}
+#: Where a job's bundles are fetched (see :mod:`cacheorch.dask_executor`).
+EXECUTORS = ("local", "dask")
 _BOOLEANS: dict[str, bool | None] = {"1": True, "true": True, "yes": True, "on": True, "0": False,
                                      "false": False, "no": False, "off": False, "auto": None}
 
@@ -54,6 +60,26 @@ class JobSpec:
     allow_partial: bool = False
     #: Ask ``/tilemap`` per bundle first: None = when the service lists Tilemap.
     tilemap: bool | None = None
+    #: Politeness: a User-Agent to send instead of cacheorch's, and requests per second at most.
+    user_agent: str | None = None
+    max_rps: float | None = None
+    #: Stop the job (resumable) when more than this fraction of the last ``failure_window``
+    #: requests failed; None never stops early.
+    max_failure_rate: float | None = None
+    failure_window: int = DEFAULT_FAILURE_WINDOW
+    #: Where bundles are fetched: ``local`` (this process) or ``dask`` (a dask.distributed cluster).
+    executor: str = "local"
+    #: The dask scheduler's address (``tcp://HOST:PORT``) for ``executor = dask``.
+    scheduler: str | None = None
+
+    def connection_options(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`~cacheorch.connection.Connection` (run and resume)."""
+        options: dict[str, Any] = {"max_rps": self.max_rps,
+                                   "max_failure_rate": self.max_failure_rate,
+                                   "failure_window": self.failure_window}
+        if self.user_agent:
+            options["user_agent"] = self.user_agent
+        return options
 
     def to_parameters(self) -> dict[str, Any]:
         """A JSON-able dict for the catalog (no secrets: a JobSpec never holds one)."""
@@ -75,7 +101,8 @@ class JobSpec:
                    output=data.get("output"), workers=int(data.get("workers", DEFAULT_WORKERS)),
                    mode=data.get("mode", "create"), referer=data.get("referer"),
                    allow_partial=bool(data.get("allow_partial", False)),
-                   tilemap=data.get("tilemap"))
+                   tilemap=data.get("tilemap"), **_politeness_from(data), executor=data.get("executor", "local"),
+                   scheduler=data.get("scheduler"))
 
 
 def _lines(value: str) -> list[str]:
@@ -101,7 +128,8 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
         (lambda key: f"--{key}")
 
     known = {"service", "source", "levels", "scales", "policy", "aoi", "exporter", "output",
-             "workers", "mode", "referer", "allow_partial", "tilemap"}
+             "workers", "mode", "referer", "allow_partial", "tilemap", "executor", "scheduler"}
+    known |= _POLITENESS_KEYS
     for key in section:
         if key not in known:
             raise ConfigError(f"{where(key)}: unknown key (keys: {', '.join(sorted(known))})")
@@ -164,10 +192,69 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
         if value not in _BOOLEANS:
             raise ConfigError(f"{where('tilemap')}: {value!r} is not one of yes, no, auto")
         tilemap = _BOOLEANS[value]
+    executor = (flags.get("executor") or section.get("executor") or "local").strip().lower()
+    executor_where = "--executor" if flags.get("executor") else where("executor")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"{executor_where}: {executor!r} is not one of {', '.join(EXECUTORS)}")
+    scheduler = (flags.get("scheduler") or section.get("scheduler") or "").strip() or None
+    if executor == "dask" and not scheduler:
+        raise ConfigError(f"{executor_where}: the dask executor needs a scheduler address "
+                          "(--scheduler tcp://HOST:PORT, or scheduler = ... in the job section)")
+    if scheduler and executor != "dask":
+        raise ConfigError(f"{'--scheduler' if flags.get('scheduler') else where('scheduler')}: a scheduler is used only with the dask "
+                          "executor (--executor dask)")
     spec = JobSpec(service=location, name=job_name, source=source, policies=tuple(policies),
                    areas=areas, exporter=exporter, output=output, workers=workers, mode=mode,
-                   referer=referer, allow_partial=allow_partial, tilemap=tilemap)
+                   referer=referer, allow_partial=allow_partial, tilemap=tilemap,
+                   executor=executor, scheduler=scheduler)
+    spec = replace(spec, **_politeness(flags, section, where))
     return spec
+
+
+def _politeness_from(data: dict[str, Any]) -> dict[str, Any]:
+    """The politeness fields of stored parameters (absent in jobs recorded before them)."""
+    def number(key: str) -> float | None:
+        return None if data.get(key) is None else float(data[key])
+    return {"user_agent": data.get("user_agent"), "max_rps": number("max_rps"),
+            "max_failure_rate": number("max_failure_rate"),
+            "failure_window": int(data.get("failure_window") or DEFAULT_FAILURE_WINDOW)}
+
+
+def _politeness(flags: dict[str, Any], section: dict[str, str], where: Any) -> dict[str, Any]:
+    """User-Agent, request rate and failure threshold from flags or the job section, checked."""
+    config_where = where
+
+    def where(key: str) -> str:  # noqa: F811 - flags are named as typed
+        return f"--{key.replace('_', '-')}" if flags.get(key) is not None else config_where(key)
+    user_agent = flags.get("user_agent") or section.get("user_agent") or None
+    if user_agent is not None and any(c in user_agent for c in "\r\n\0"):
+        raise ConfigError(f"{where('user_agent')}: a User-Agent must be one line")
+    max_rps = _number(flags, section, "max_rps", where, float, minimum=0.0, above=True)
+    rate = _number(flags, section, "max_failure_rate", where, float, minimum=0.0)
+    if rate is not None and rate >= 1:
+        raise ConfigError(f"{where('max_failure_rate')}: must be a fraction below 1 (0.5 = half "
+                          f"the requests)")
+    window = _number(flags, section, "failure_window", where, int, minimum=1)
+    return {"user_agent": user_agent, "max_rps": max_rps, "max_failure_rate": rate,
+            "failure_window": int(window or DEFAULT_FAILURE_WINDOW)}
+
+
+def _number(flags: dict[str, Any], section: dict[str, str], key: str, where: Any,
+            kind: type, *, minimum: float, above: bool = False) -> Any:
+    """A numeric flag or config value (flags win), checked against its lower bound."""
+    value = flags.get(key)
+    if value is None:
+        text = section.get(key, "").strip()
+        if not text:
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ConfigError(f"{where(key)}: {text!r} is not a "
+                              f"{'whole ' if kind is int else ''}number") from None
+    if value < minimum or (above and value == minimum):
+        raise ConfigError(f"{where(key)}: must be {'above' if above else 'at least'} {minimum:g}")
+    return value
 
 
 def _area_with_section(config: Config, area: AreaSpec) -> AreaSpec:
@@ -178,9 +265,13 @@ def _area_with_section(config: Config, area: AreaSpec) -> AreaSpec:
     here = config.where(f"aoi:{area.spec}")
     generator = section.pop("generator", None)
     value = section.pop("spec", None) or section.pop("path", None) or section.pop("bbox", None) or ""
+    url = section.pop("url", None)
+    if url:  # a URL-addressed area (featureservice): its other keys become the URL's query
+        value = url + (("&" if "?" in url else "?") + urlencode(section) if section else "")
+        section = {}
     if section:
         raise ConfigError(f"{here}: unknown key {sorted(section)[0]!r} (keys: generator, path, "
-                          "bbox, spec)")
+                          "bbox, spec, url)")
     if generator is None:
         raise ConfigError(f"{here}: needs generator = NAME (extent, bbox, file...)")
     if "path" in config.areas[area.spec] or generator in ("file", "layer"):

@@ -50,6 +50,12 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cacheorch.plugins.tiles_cache",
     "cacheorch.plugins.export_compact_v2",
     "cacheorch.plugins.export_tpkx",
+    "cacheorch.plugins.export_tpk",
+    "cacheorch.plugins.export_mbtiles",
+    "cacheorch.plugins.export_gpkg",
+    "cacheorch.plugins.export_exploded",
+    "cacheorch.plugins.export_rest_tiles",
+    "cacheorch.plugins.export_arcpy",
 )
 
 #: hook name → (registry kind label, base class)
@@ -64,21 +70,31 @@ _KINDS: dict[str, tuple[str, type]] = {
 
 def _blocked_names() -> set[str]:
     raw = os.environ.get("CACHEORCH_DISABLE_PLUGINS", "")
-    return {name.strip() for name in raw.split(",") if name.strip()}
+    return {name.strip() for name in raw.split(",") if name.strip()} | _config_blocked_names()
+
+
+def _config_blocked_names() -> set[str]:
+    """``[cacheorch] disable_plugins = a, b`` in the config file ($CACHEORCH_CONFIG or
+    ./cacheorch.ini; plugins load before ``--config`` is parsed, so that flag does not apply)."""
+    from cacheorch.config import load_config
+    raw = load_config().main.get("disable_plugins", "")
+    return {name.strip() for name in raw.replace("\n", ",").split(",") if name.strip()}
 
 
 def plugin_manager(load_entrypoints: bool = True, extra: Iterable[Any] = ()) -> pluggy.PluginManager:
     """A fresh manager with the hook specs, the built-ins, entry-point plugins and ``extra`` objects.
 
-    ``CACHEORCH_DISABLE_PLUGINS=a,b`` blocks entry-point plugins (or built-ins by dotted name)
-    before they load, for a misbehaving third-party plugin.
+    ``CACHEORCH_DISABLE_PLUGINS=a,b`` (or ``[cacheorch] disable_plugins = a, b`` in the config
+    file) blocks entry-point plugins (or built-ins by dotted or module name) before they load,
+    for a misbehaving third-party plugin.
     """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
-    for name in _blocked_names():
+    blocked = _blocked_names()
+    for name in blocked:
         pm.set_blocked(name)
     for dotted in DEFAULT_PLUGINS:
-        if pm.is_blocked(dotted):
+        if pm.is_blocked(dotted) or dotted.rpartition(".")[2] in blocked:  # export_tpkx works too
             continue
         pm.register(importlib.import_module(dotted), name=dotted)
     if load_entrypoints:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from cacheorch.connection import Connection
 from cacheorch.errors import CacheorchError, JobFailedError, OutputExistsError, UsageError
 from cacheorch.events import BundleDone, JobFinished, JobStarted, emit
-from cacheorch.interfaces import ExportRequest, ExportSession, staging_path
+from cacheorch.interfaces import DelegatedExporter, ExportRequest, ExportSession, staging_path
 from cacheorch.jobplan import JobPlan
 from cacheorch.planner import BundlePlan
 from cacheorch.plugins.tilemap import with_tilemap
@@ -95,9 +95,15 @@ class _Run:
         self.progress = progress or (lambda n: None)
         self.open: dict[tuple[int, int, int], _OpenBundle] = {}
         self.outcome = JobOutcome(job_id, "running", "")
+        #: ``resume --failed``: bundles to repair by refetching only their failed tiles.
+        self.repair: dict[tuple[int, int, int], tuple[int, list[tuple[int, int]]]] = {}
+        self.writer: BundleWriterThread | None = None
 
-    def _keys(self, skip: dict[tuple[int, int, int], int]) -> Iterator[Any]:
-        """Tile keys of every bundle not already done; registers each bundle before its first key."""
+    def _todo(self, skip: dict[tuple[int, int, int], int]) -> Iterator[BundlePlan]:
+        """Every bundle not already done, streamed; the skipped ones count as progress.
+
+        Both executors start from this, so a resume skips the same bundles whichever runs it.
+        """
         skipped = 0
         for bundle in self.plan.bundles():
             key = (bundle.level, bundle.bundle_row, bundle.bundle_col)
@@ -108,10 +114,53 @@ class _Run:
                     self.progress(skipped)
                     skipped = 0
                 continue
-            self.open[key] = _OpenBundle(bundle)
-            yield from bundle.keys()
+            yield bundle
         if skipped:
             self.progress(skipped)
+
+    def _keys(self, skip: dict[tuple[int, int, int], int]) -> Iterator[Any]:
+        """Tile keys of every bundle not already done; registers each bundle before its first key."""
+        for bundle in self._todo(skip):
+            repair = self._repair_keys((bundle.level, bundle.bundle_row, bundle.bundle_col), bundle)
+            if repair is not None:
+                yield from repair
+                continue
+            self.open[(bundle.level, bundle.bundle_row, bundle.bundle_col)] = _OpenBundle(bundle)
+            yield from bundle.keys()
+
+    def _repair_keys(self, key: tuple[int, int, int], bundle: BundlePlan) -> list[Any] | None:
+        """For a bundle with failed tiles and a staged copy: hand the copy's tiles to the writer
+        and return the failed tiles' keys, the only ones to fetch; else None (fetch it whole).
+
+        Why tile by tile: one failed tile of a 16,384-tile bundle would otherwise cost 16,384
+        requests, and the staged copy is whole (it is renamed into place only when complete).
+        """
+        found = self.repair.get(key)
+        if found is None or self.writer is None or not hasattr(self.session, "bundle_path"):
+            return None
+        from cacheorch.formats.bundle import BundleReader
+        from cacheorch.plugins._staging import StagingSession
+        from cacheorch.tiling import TileKey
+        if not isinstance(self.session, StagingSession):  # Compact V2 staging only
+            return None
+        missing, failed = found
+        path = self.session.bundle_path(*key)
+        keys = [TileKey(key[0], r, c) for r, c in sorted(failed)]
+        if not path.is_file() or not keys or not set(keys) <= set(bundle.keys()):
+            return None
+        state = _OpenBundle(bundle, missing=missing, seen=bundle.tile_count - len(keys))
+        skip = set(failed)
+        with BundleReader(path, bundle_row=key[1], bundle_col=key[2]) as reader:
+            kept = sum(1 for row, col, _ in reader.tiles() if (row, col) not in skip)
+            if kept + missing != state.seen:  # the copy disagrees with the catalog: refetch it
+                return None
+            for row, col, data in reader.tiles():
+                if (row, col) not in skip:
+                    self.writer.add(key, row, col, data)
+                    state.written += 1
+                    state.bytes += len(data)
+        self.open[key] = state
+        return keys
 
     def _bundle_done(self, key: tuple[int, int, int], state: _OpenBundle) -> None:
         """On the writer thread, once the bundle is durable: checkpoint it in the catalog."""
@@ -129,10 +178,15 @@ class _Run:
                                          failed=state.failed, bytes=state.bytes))
 
     def fetch_all(self, skip: dict[tuple[int, int, int], int]) -> None:
+        """Fetch and write every bundle not in ``skip``, here or on the job's executor."""
+        if self.plan.spec.executor == "dask":  # workers fetch; this process still writes
+            from cacheorch.dask_executor import fetch_all_dask
+            fetch_all_dask(self, skip)
+            return
         source = self.plan.tile_source
         if source is None:
             raise CacheorchError("the plan was made without a tile source")
-        writer = BundleWriterThread(self.session, self._bundle_done)
+        writer = self.writer = BundleWriterThread(self.session, self._bundle_done)
         pending = 0
         try:
             opened = source.open(self.plan.service, self.connection, self.plan.spec.workers)
@@ -182,12 +236,17 @@ def _skip_set(catalog: Catalog, job_id: int) -> dict[tuple[int, int, int], int]:
 
 def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: JobPlan, *,
             job_id: int | None = None, progress: Progress | None = None,
-            on_start: Callable[[int], None] | None = None) -> JobOutcome:
+            on_start: Callable[[int], None] | None = None,
+            retry_failed: bool = False) -> JobOutcome:
     """Run ``plan`` as a new job, or as a resume of ``job_id``; returns how it ended.
 
     Raises :class:`~cacheorch.errors.JobFailedError` (exit 1) when tiles failed and the job did
     not allow a partial output, and on interruption; the catalog records the state either way.
     """
+    if isinstance(plan.exporter, DelegatedExporter):  # ArcGIS does the export: no bundles here
+        from cacheorch.delegate import run_delegated
+        return run_delegated(plugins, catalog, connection, plan, job_id=job_id,
+                             progress=progress, on_start=on_start)
     resumed = job_id is not None
     output = Path(plan.spec.output) if plan.spec.output else default_output(plan)
     output = output.absolute()
@@ -195,6 +254,8 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
     if not resumed and staging.exists():
         raise OutputExistsError(f"{staging} holds an interrupted job's bundles; resume it "
                                 f"(cacheorch jobs lists it) or remove that folder")
+    if resumed and _published(catalog, job_id, plan, output, staging):  # type: ignore[arg-type]
+        return _finish_published(plugins, catalog, job_id, output, staging)  # type: ignore[arg-type]
     if resumed and plan.spec.mode == "create" and output.exists() and not staging.exists():
         raise OutputExistsError(f"{output} exists and job {job_id} has no staged bundles left")
     request = _export_request(plan, output)
@@ -221,6 +282,8 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
     run = _Run(plugins, catalog, connection, plan, job_id, session, progress)
     run.outcome.output = str(output)
     skip = _skip_set(catalog, job_id) if resumed else {}
+    if resumed and retry_failed and hasattr(catalog, "failed_tiles"):
+        run.repair = catalog.failed_tiles(job_id)
     emit(plugins.pm, JobStarted(job_id, tiles_planned=plan.tiles, resumed=resumed))
     try:
         run.fetch_all(skip)
@@ -260,6 +323,9 @@ def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
         emit(plugins.pm, JobFinished(job_id, status="partial", output=""))
         totals.output = ""
         return totals
+    # Said before publishing: a kill between the publish and the status update below leaves
+    # this behind, and resume then knows the output in place is the job's own (_published).
+    catalog.add_event(job_id, _COMMIT_EVENT, f"publishing {output}")
     try:
         final = session.commit()
     except BaseException as exc:
@@ -276,6 +342,38 @@ def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
         totals.status = "completed"
         catalog.set_status(job_id, "completed")
     emit(plugins.pm, JobFinished(job_id, status=totals.status, output=str(final)))
+    return totals
+
+
+#: The catalog event recorded just before an output is published.
+_COMMIT_EVENT = "commit"
+
+
+def _published(catalog: Catalog, job_id: int, plan: JobPlan, output: Path, staging: Path) -> bool:
+    """Whether an earlier run of the job published ``output`` and died before recording it.
+
+    Publishing is atomic (a rename or hard link of a complete file or folder), and it starts
+    only after the commit event is recorded. In create mode the output did not exist when the
+    job started, so an output present after that event is the job's; in overwrite mode it may
+    be the old output, unless the staging folder is gone too (the publish removed it).
+    """
+    if not output.exists() or not any(e["kind"] == _COMMIT_EVENT for e in catalog.events(job_id)):
+        return False
+    return plan.spec.mode == "create" or not staging.exists()
+
+
+def _finish_published(plugins: Plugins, catalog: Catalog, job_id: int, output: Path,
+                      staging: Path) -> JobOutcome:
+    """Record how a job whose output was already published ended; remove leftover staging."""
+    import shutil
+    shutil.rmtree(staging, ignore_errors=True)  # a kill may land while the publish removes it
+    totals = _totals(catalog, job_id, JobOutcome(job_id, "completed", str(output)))
+    if totals.failed:
+        totals.status = "partial"
+        totals.message = (f"{totals.failed} tile(s) failed and are absent from {output} "
+                          f"(cacheorch job {job_id} lists them)")
+    catalog.set_status(job_id, totals.status, error=totals.message or None)
+    emit(plugins.pm, JobFinished(job_id, status=totals.status, output=str(output)))
     return totals
 
 

@@ -144,6 +144,9 @@ class RestTileSource(TileSource):
             redact=connection.redact,
             trust_env=opts.trust_env,
             reauth=token_renewer(service, connection) if connection.can_renew_token else None,
+            max_rps=connection.max_rps,
+            failure_rate=connection.max_failure_rate,
+            failure_window=connection.failure_window,
         )
         return RestTileFetcher(engine, service, connection)
 

@@ -60,10 +60,11 @@ def test_plugins_lists_every_kind(cli) -> None:
 def test_db_upgrade_and_current(cli, tmp_path: Path) -> None:
     catalog = tmp_path / "fresh.sqlite"
     assert "empty" in cli("--catalog", str(catalog), "db", "current").stdout
+    from cacheorch.catalog import head
     up = cli("--catalog", str(catalog), "db", "upgrade")
-    assert up.code == 0 and "→ 0001" in up.stdout
-    assert "0001" in cli("--catalog", str(catalog), "db", "current").stdout
-    assert "already at 0001" in cli("--catalog", str(catalog), "db", "upgrade").stdout
+    assert up.code == 0 and f"→ {head()}" in up.stdout
+    assert head() in cli("--catalog", str(catalog), "db", "current").stdout
+    assert f"already at {head()}" in cli("--catalog", str(catalog), "db", "upgrade").stdout
 
 
 def test_version(cli) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "Base", "Service", "Job", "JobLevel", "JobBundle", "JobTileError", "JobEvent",
+    "Base", "Service", "Job", "JobLevel", "JobBundle", "JobTileError", "JobEvent", "JobMessage",
     "JOB_STATUSES", "BUNDLE_STATES", "UTCDateTime", "utcnow",
 ]
 
@@ -184,4 +184,18 @@ class JobEvent(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime)
     kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+
+
+class JobMessage(Base):
+    """A message from whoever did a delegated export: an ArcGIS exportTiles job's messages, or
+    arcpy's geoprocessing messages, in the order they came (``source`` says which)."""
+
+    __tablename__ = "job_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)

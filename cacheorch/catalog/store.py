@@ -232,7 +232,8 @@ class Catalog:
         message), redacted and cut to length like every stored text."""
         with self._write() as session:
             self._job(session, job_id)
-            session.add(JobMessage(job_id=job_id, created=utcnow(), source=self._scrub.text(source)[:32],
+            session.add(JobMessage(job_id=job_id, created=utcnow(),
+                                   source=self._scrub.text(source)[:32],
                                    kind=self._scrub.text(kind)[:64], message=self._text(message)))
 
     def record_level_result(self, job_id: int, *, level: int, written: int, missing: int,
@@ -279,6 +280,24 @@ class Catalog:
                 JobBundle.tiles_written).where(
                 JobBundle.job_id == job_id, JobBundle.state == "done"))
             return {(r.level, r.bundle_row, r.bundle_col): r.tiles_written for r in rows}
+
+    def failed_tiles(self, job_id: int) -> dict[tuple[int, int, int], tuple[int, list[tuple[int, int]]]]:
+        """Bundles recorded with failed tiles: ``(level, bundle_row, bundle_col)`` → (tiles
+        missing, ``(row, col)`` of every failed tile), for ``resume --failed``."""
+        with self._read() as session:
+            bundles = {r.id: ((r.level, r.bundle_row, r.bundle_col), r.tiles_missing)
+                       for r in session.execute(select(
+                           JobBundle.id, JobBundle.level, JobBundle.bundle_row,
+                           JobBundle.bundle_col, JobBundle.tiles_missing).where(
+                           JobBundle.job_id == job_id, JobBundle.state == "failed"))}
+            out: dict[tuple[int, int, int], tuple[int, list[tuple[int, int]]]] = {
+                key: (missing, []) for key, missing in bundles.values()}
+            for r in session.execute(select(JobTileError.bundle_id, JobTileError.row,
+                                            JobTileError.col).where(
+                                     JobTileError.job_id == job_id)):
+                if r.bundle_id in bundles:
+                    out[bundles[r.bundle_id][0]][1].append((r.row, r.col))
+            return out
 
     def list_jobs(self) -> list[dict[str, Any]]:
         """Every job, newest first, with its totals."""

@@ -46,6 +46,20 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--tilemap/--no-tilemap", default=None,
                      help="Ask the service's /tilemap per bundle and skip absent tiles (default: "
                           "when the service lists Tilemap)."),
+        click.option("--executor", type=click.Choice(["local", "dask"]),
+                     help="Fetch bundles here (local, the default) or on a dask.distributed "
+                          "cluster (dask; needs --scheduler and `pip install cacheorch[dask]`)."),
+        click.option("--scheduler", metavar="tcp://HOST:PORT",
+                     help="The dask scheduler for --executor dask (its workers need cacheorch "
+                          "and network access to the service; the output is written here)."),
+        click.option("--user-agent", help="User-Agent header to send (default: cacheorch/VERSION)."),
+        click.option("--max-rps", type=float, metavar="N",
+                     help="Tile requests per second at most, over all connections."),
+        click.option("--max-failure-rate", type=float, metavar="X",
+                     help="Stop the job (resumable) when more than this fraction of the last "
+                          "--failure-window requests failed, e.g. 0.5 (default: never)."),
+        click.option("--failure-window", type=int, metavar="N",
+                     help="Requests --max-failure-rate looks back over (default 200)."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
     ]
     for option in reversed(options):
@@ -55,7 +69,8 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _spec_and_connection(app: App, kw: dict[str, Any]) -> tuple[JobSpec, Connection]:
     spec = job_spec_from(app.config, kw.pop("job"), kw)
-    connection = Connection.from_env(token=kw.get("token"), referer=spec.referer)
+    connection = Connection.from_env(token=kw.get("token"), referer=spec.referer,
+                                     **spec.connection_options())
     return spec, connection
 
 
@@ -84,16 +99,27 @@ def _plan_json(plan: JobPlan) -> dict[str, Any]:
 
 @click.command("plan")
 @job_options
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write the plan as a self-contained page: areas on a map, tile counts.")
 @click.pass_obj
-def plan_command(app: App, as_json: bool, token: str | None, **kw: Any) -> None:
+def plan_command(app: App, as_json: bool, token: str | None, html_path: str | None = None,
+                 **kw: Any) -> None:
     """Show what a job would export: levels, scales, areas and tile counts (fetches no tiles)."""
     spec, connection = _spec_and_connection(app, kw | {"token": token})
+    from cacheorch.interfaces import DelegatedExporter
+    server_estimate = None
     try:
         plan = make_plan(app.plugins, spec, connection, fetching=False)
+        if isinstance(plan.exporter, DelegatedExporter):  # e.g. exportTiles' own estimate
+            server_estimate = plan.exporter.estimate(plan, connection)
     finally:
         connection.close()
+    if html_path:
+        from cacheorch.planhtml import write_plan_html
+        write_plan_html(plan, html_path)
     if as_json:
-        _emit_json(_plan_json(plan))
+        _emit_json(_plan_json(plan) | ({"server_estimate": server_estimate}
+                                       if server_estimate is not None else {}))
         return
     svc = plan.service
     click.echo(f"service  {svc.location} ({svc.kind}, {svc.scheme.spatial_reference}, "
@@ -116,6 +142,13 @@ def plan_command(app: App, as_json: bool, token: str | None, **kw: Any) -> None:
         click.echo(f"decision {levels:>7}  {line}")
     click.echo(f"total    {plan.tiles:,} tiles in {len(plan.levels)} levels → "
                f"{spec.exporter.name} {spec.output or '(default name)'}")
+    if server_estimate is not None and server_estimate.get("error"):
+        click.echo(f"server   no estimate: {server_estimate['error']}")
+    elif server_estimate is not None:
+        tiles = server_estimate.get("tiles")
+        click.echo(f"server   {'?' if tiles is None else f'{tiles:,}'} tiles, "
+                   f"{_fmt_bytes(server_estimate.get('bytes'))} by the server's estimate "
+                   f"({server_estimate.get('jobs', 1)} job(s)); ours: {plan.tiles:,} tiles")
 
 
 @contextmanager
@@ -149,7 +182,7 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None] | Non
 
 
 def _execute(app: App, plan: JobPlan, connection: Connection, as_json: bool,
-             job_id: int | None = None) -> None:
+             job_id: int | None = None, retry_failed: bool = False) -> None:
     from cacheorch.runner import run_job
     show_bar = not as_json and sys.stderr.isatty() and app.verbosity >= 0
     catalog = app.open_catalog(redact=connection.redact)
@@ -158,7 +191,8 @@ def _execute(app: App, plan: JobPlan, connection: Connection, as_json: bool,
         with _terminate_as_interrupt(), _progress(plan.tiles, show_bar) as progress:
             try:
                 outcome = run_job(app.plugins, catalog, connection, plan, job_id=job_id,
-                                  progress=progress, on_start=started.append)
+                                  progress=progress, on_start=started.append,
+                                  **({"retry_failed": True} if retry_failed else {}))
             except JobFailedError as exc:
                 if as_json and started:
                     _emit_json(_job_json(catalog.get_job(started[0]), str(exc)))
@@ -226,9 +260,13 @@ def _pinned(spec: JobSpec, job: dict[str, Any]) -> JobSpec:
 @click.command("resume")
 @click.argument("job_id", type=int)
 @click.option("--token", help="ArcGIS token (default: $ARCGIS_TOKEN); tokens are never stored.")
+@click.option("--failed", "retry_failed", is_flag=True,
+              help="Refetch only the tiles recorded as failed, keeping the other tiles of their "
+                   "staged bundles (default: refetch those bundles whole).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_obj
-def resume_command(app: App, job_id: int, token: str | None, as_json: bool) -> None:
+def resume_command(app: App, job_id: int, token: str | None, as_json: bool,
+                   retry_failed: bool = False) -> None:
     """Finish an interrupted or partial job, without fetching again the bundles already done."""
     from cacheorch.runner import check_resumable
     with app.open_catalog() as catalog:
@@ -236,14 +274,15 @@ def resume_command(app: App, job_id: int, token: str | None, as_json: bool) -> N
         params = catalog.job_parameters(job_id)
     check_resumable(job)
     spec = _pinned(JobSpec.from_parameters(params), job)
-    connection = Connection.from_env(token=token, referer=spec.referer)
+    connection = Connection.from_env(token=token, referer=spec.referer,
+                                     **spec.connection_options())
     plan = make_plan(app.plugins, spec, connection)
     fingerprint = params.get("fingerprint")
     if fingerprint and fingerprint != plan.service.scheme.fingerprint():
         from cacheorch.errors import UsageError
         raise UsageError(f"the tiling scheme of {plan.service.location} changed since job {job_id} "
                          "started; start a new job instead")
-    _execute(app, plan, connection, as_json, job_id=job_id)
+    _execute(app, plan, connection, as_json, job_id=job_id, retry_failed=retry_failed)
 
 
 @click.command("jobs")

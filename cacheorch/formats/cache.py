@@ -590,10 +590,14 @@ def _open_package_members(loc: CacheLocation, package: TilePackage) -> TileCache
 
 
 def open_cache(path: str | os.PathLike[str]) -> TileCache:
-    """Open a cache folder (Compact V2, Compact V1 or exploded), a package (.tpkx, .tpk), or the
-    conf.xml / root.json of a cache; see :func:`~cacheorch.formats.locate.locate_cache` for the
+    """Open a cache folder (Compact V2, Compact V1 or exploded), a package (.tpkx, .tpk), an
+    MBTiles or GeoPackage file, or the conf.xml / root.json of a cache; see :func:`~cacheorch.formats.locate.locate_cache` for the
     folders it finds on its own. Anything else raises FormatError with one line saying why.
     """
+    from cacheorch.formats.sqlitecache import is_sqlite, open_sqlite_cache  # MBTiles, GeoPackage
+    local = os.path.expanduser(os.fspath(path))
+    if os.path.isfile(local) and is_sqlite(local):
+        return open_sqlite_cache(Path(local))
     loc = locate_cache(path)
     if loc.kind == "package":
         return _open_package(loc)
