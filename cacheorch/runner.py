@@ -45,6 +45,9 @@ class JobOutcome:
     failed: int = 0
     bytes: int = 0
     message: str = ""
+    #: Tiles the exporter left out as blank, and tiles it stored once for several places.
+    skipped_blank: int = 0
+    duplicates: int = 0
 
 
 @dataclass
@@ -333,6 +336,13 @@ def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
         raise
     session.discard()
     totals.output = str(final)
+    # Exporters that leave out blank tiles or store identical ones once say how many.
+    totals.skipped_blank = int(getattr(session, "skipped_blank", 0) or 0)
+    totals.duplicates = int(getattr(session, "duplicates", 0) or 0)
+    if totals.skipped_blank or totals.duplicates:
+        catalog.add_job_message(job_id, f"{totals.skipped_blank} blank tile(s) left out, "
+                                f"{totals.duplicates} duplicate tile(s) stored once",
+                                kind="summary", source="exporter")
     if totals.failed:
         totals.status = "partial"
         totals.message = (f"{totals.failed} tile(s) failed and are absent from {final} "

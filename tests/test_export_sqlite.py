@@ -315,3 +315,32 @@ def test_run_exports_sqlite_end_to_end(cli, server, world, area_file, tmp_path, 
 
 
 from test_end_to_end import area_file, server, world  # noqa: E402,F401
+
+
+def test_the_job_summary_counts_blank_and_duplicate_tiles(cli, tmp_path) -> None:
+    """85 identical striped tiles → 84 duplicates; all-solid tiles with skip_blank → all left out.
+    Both reach --json, the human summary and the catalog's job messages."""
+    from _tileserver import TileServer
+    from test_end_to_end import service_json
+    scheme = web_mercator_scheme(3)
+    striped = encode_png(4, 4, bytes([0, 0, 0, 255, 255, 255] * 8))
+    with TileServer(default_tile=striped, service=service_json(scheme)) as srv:
+        report = json.loads(cli("run", "--service", srv.url, "--levels", "0-3", "--exporter",
+                                "mbtiles", "--output", str(tmp_path / "a.mbtiles"), "--json").stdout)
+        assert (report["tiles_written"], report["tiles_deduplicated"]) == (85, 84)
+        assert report["tiles_skipped_blank"] == 0
+        human = cli("run", "--service", srv.url, "--levels", "0-2", "--exporter", "mbtiles",
+                    "--output", str(tmp_path / "b.mbtiles"))
+        assert human.code == 0 and "20 duplicates stored once" in human.stdout, human.stdout
+    with TileServer(default_tile=solid_png((9, 9, 9)), service=service_json(scheme)) as srv:
+        report = json.loads(cli("run", "--service", srv.url, "--levels", "0-2", "--exporter",
+                                "gpkg:skip_blank=true", "--output", str(tmp_path / "c.gpkg"),
+                                "--json").stdout)
+    assert report["tiles_skipped_blank"] == 21 and report["status"] == "completed"
+    with _db(tmp_path / "c.gpkg") as db:
+        (table,) = db.execute("SELECT table_name FROM gpkg_contents").fetchone()
+        assert db.execute(f'SELECT count(*) FROM "{table}"').fetchone() == (0,)
+    messages = sqlite3.connect(tmp_path / "catalog.sqlite").execute(
+        "SELECT message FROM job_messages ORDER BY id").fetchall()
+    assert ("0 blank tile(s) left out, 84 duplicate tile(s) stored once",) in messages
+    assert ("21 blank tile(s) left out, 0 duplicate tile(s) stored once",) in messages

@@ -201,12 +201,18 @@ def _execute(app: App, plan: JobPlan, connection: Connection, as_json: bool,
     finally:
         catalog.close()
         connection.close()
+    extra = {"tiles_skipped_blank": outcome.skipped_blank,
+             "tiles_deduplicated": outcome.duplicates}
     if as_json:
-        _emit_json(_job_json(job, outcome.message))
+        _emit_json(_job_json(job, outcome.message) | extra)
     elif app.verbosity >= 0:
+        stored = "".join(f", {n:,} {what}" for n, what in (
+            (outcome.skipped_blank, "blank left out"), (outcome.duplicates, "duplicates stored once"))
+            if n)
         click.echo(f"job {outcome.job_id} {outcome.status}: {outcome.written:,} tiles written, "
                    f"{outcome.missing:,} missing, {outcome.failed:,} failed, "
-                   f"{_fmt_bytes(outcome.bytes)}" + (f" → {outcome.output}" if outcome.output else ""))
+                   f"{_fmt_bytes(outcome.bytes)}{stored}"
+                   + (f" → {outcome.output}" if outcome.output else ""))
     if outcome.status != "completed":
         if not as_json:
             click.echo(f"cacheorch: {outcome.message}", err=True)
