@@ -853,6 +853,7 @@ class TileFetchEngine:
         attempt = 0
         redirects = 0
         stale_replays = 0
+        fresh = False
         reauthorised = self.reauth is None
         count = self._count
         while True:
@@ -861,11 +862,12 @@ class TileFetchEngine:
             if self._limiter is not None:
                 await self._limiter.wait()
             try:
-                resp = await self._request(url, begun)
+                resp = await self._request(url, begun, fresh)
             except _AttemptError as e:
                 begun = None
                 if e.stale and stale_replays < 2:
                     stale_replays += 1
+                    fresh = True  # replay on a new connection, not on another idle one
                     continue
                 count(False, str(e))
                 if not e.retry or attempt >= retry.retries:
@@ -960,8 +962,12 @@ class TileFetchEngine:
             log.debug("retrying %s in %.2fs: %s", self.redact(url), seconds, self.redact(why))
         await asyncio.sleep(seconds)
 
-    def _begin(self, url: str) -> _Begun:
-        """Parse ``url`` and, when a pooled connection is idle, send the request right away."""
+    def _begin(self, url: str, pooled: bool = True) -> _Begun:
+        """Parse ``url`` and, when a pooled connection is idle, send the request right away.
+
+        :param pooled: False to leave the pool alone (a replay after a stale connection: the
+            other idle ones are likely as stale, having idled as long).
+        """
         i = url.find("/", url.find("://") + 3)
         base, target = (url, "/") if i < 0 else (url[:i], url[i:])
         origin = self._origins.get(base)
@@ -973,7 +979,7 @@ class TileFetchEngine:
             target = quote(target, safe="/?&=%:;,+@!$'()*~#[]")
         request = b"GET " + target.encode("ascii") + origin.header_block
         idle = origin.idle
-        while idle:
+        while pooled and idle:
             conn = idle.pop()
             if conn.usable:
                 fut = conn.send(request)
@@ -981,8 +987,8 @@ class TileFetchEngine:
                 return origin, request, conn, fut, timer
         return origin, request, None, None, None
 
-    async def _request(self, url: str, begun: _Begun | None) -> _Response:
-        origin, request, conn, fut, timer = begun or self._begin(url)
+    async def _request(self, url: str, begun: _Begun | None, fresh: bool = False) -> _Response:
+        origin, request, conn, fut, timer = begun or self._begin(url, pooled=not fresh)
         if conn is None:
             conn = await self._connect(origin)
             fut = conn.send(request)
