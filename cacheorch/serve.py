@@ -7,10 +7,21 @@ again, and a cache can be viewed in a web map without ArcGIS.
 The request path is kept lean on purpose (the server is used in throughput benchmarks): the service
 JSON is rendered once, headers are written as one pre-built block with the body in a single send,
 there is no per-request logging, and the tile route is matched before anything else.
+
+Besides the ArcGIS REST paths it answers, for any cache :func:`open_cache` reads:
+
+* ``/tilemap/{level}/{row}/{col}/{width}/{height}`` (spec §2.3) for bundle caches (Compact V1
+  and V2), answered from the bundle index alone, and listed as ``Tilemap`` in the capabilities;
+* ``/{z}/{x}/{y}`` (XYZ, x = column, y = row) when the cache is on the standard Web Mercator
+  grid, so web maps and QGIS's XYZ layers can show it;
+* ``/`` (and ``/preview``): an HTML page with a small slippy map of the cache, its assets served
+  from the package (``cacheorch/static``), no CDN: it works offline and in any spatial reference.
 """
 from __future__ import annotations
 
+import html
 import json
+import math
 import re
 import socket
 import sys
@@ -24,12 +35,13 @@ from urllib.parse import parse_qs
 
 from cacheorch.errors import CacheorchError, FormatError, UsageError
 from cacheorch.formats.png import JPEG_MAGIC, PNG_MAGIC
-from cacheorch.tiling import BUNDLE_SIZE, Envelope, TilingScheme
+from cacheorch.tiling import BUNDLE_SIZE, WEB_MERCATOR_HALF, Envelope, TilingScheme
 
 if TYPE_CHECKING:
     from cacheorch.formats.cache import TileCache
 
-__all__ = ["CacheServer", "run_server", "default_service_name", "SERVER_VERSION"]
+__all__ = ["CacheServer", "run_server", "default_service_name", "SERVER_VERSION", "xyz_zooms",
+           "preview_page", "STATIC_FILES"]
 
 #: The ArcGIS Server version the service JSON imitates (11.1 is the first with ``storageInfo``).
 SERVER_VERSION = 11.1
@@ -76,6 +88,58 @@ def _content_type(data: bytes) -> bytes:
     if data.startswith((b"GIF87a", b"GIF89a")):
         return b"image/gif"
     return b"application/octet-stream"
+
+
+#: Files of the preview page, served under ``/static/`` (nothing else there is reachable).
+STATIC_FILES = {"viewer.js": b"text/javascript; charset=utf-8",
+                "viewer.css": b"text/css; charset=utf-8"}
+_RES0_256 = 2 * WEB_MERCATOR_HALF / 256
+_XYZ = re.compile(r"/(\d{1,2})/(\d{1,10})/(\d{1,10})(?:\.(?:png|jpe?g|jpg|webp|image))?\Z")
+_BUNDLE_STORAGE = ("esriMapCacheStorageModeCompactV2", "esriMapCacheStorageModeCompact")
+
+
+def _static(name: str) -> bytes:
+    from importlib.resources import files
+    return files("cacheorch").joinpath("static", name).read_bytes()
+
+
+def xyz_zooms(scheme: TilingScheme) -> dict[int, int]:
+    """zoom → level ID when the cache is on the standard Web Mercator grid, else empty.
+
+    The standard grid is what every XYZ client assumes: Web Mercator, 256-pixel tiles, origin at
+    the world's top-left corner, resolution halving from 156543.03 m. Levels are matched by
+    resolution, not by ID, so a cache whose level IDs are offset still serves the right zoom.
+    """
+    if not scheme.spatial_reference.is_web_mercator or (scheme.tile_cols, scheme.tile_rows) != (256, 256):
+        return {}
+    if not (math.isclose(scheme.origin_x, -WEB_MERCATOR_HALF, abs_tol=0.01)
+            and math.isclose(scheme.origin_y, WEB_MERCATOR_HALF, abs_tol=0.01)):
+        return {}
+    zooms: dict[int, int] = {}
+    for lod in scheme.lods:
+        zoom = round(math.log2(_RES0_256 / lod.resolution))
+        if 0 <= zoom <= 30 and math.isclose(lod.resolution, _RES0_256 / 2 ** zoom, rel_tol=1e-6):
+            zooms[zoom] = lod.level
+    return zooms
+
+
+def preview_page(cache: TileCache, service: dict[str, Any], service_path: str,
+                 tiled_levels: list[int], zooms: dict[int, int]) -> bytes:
+    """The preview HTML: the template with the service JSON inlined (no request before tiles)."""
+    scheme = cache.scheme
+    grids = {}
+    for level in tiled_levels:
+        size = scheme.grid_size(level) if level in scheme.levels else None
+        if size is not None:
+            grids[str(level)] = list(size)
+    config = {"service": service, "serviceUrl": service_path, "levels": tiled_levels,
+              "grids": grids, "storage": getattr(cache, "storage_label", ""),
+              "xyz": min((z for z, lv in zooms.items() if lv in tiled_levels), default=None)}
+    # every "<" as \u003c: the JSON can neither close the script element nor open a comment
+    text = json.dumps(config, separators=(",", ":")).replace("<", "\\u003c")
+    page = _static("preview.html").decode()
+    page = page.replace("{{title}}", html.escape(str(service.get("name") or "cache")))
+    return page.replace("{{config}}", text).encode()
 
 
 def _error_body(code: int, message: str) -> bytes:
@@ -148,7 +212,8 @@ def service_json(cache: TileCache, name: str, tiled_levels: list[int], source_na
         "maxLOD": max_lod,
         "resampling": False,
         "units": scheme.units,
-        "capabilities": "Map,TilesOnly",
+        "capabilities": ("Map,TilesOnly,Tilemap" if getattr(cache, "storage_format", "") in _BUNDLE_STORAGE
+                         else "Map,TilesOnly"),
         "storageInfo": {"storageFormat": _storage_format(getattr(cache, "storage_format", "")),
                         "packetSize": BUNDLE_SIZE},
         "tileServers": [],
@@ -162,11 +227,23 @@ class _Routes:
 
     def __init__(self, cache: TileCache, name: str, service: dict[str, Any], tiled_levels: list[int]
                  ) -> None:
+        self.cache = cache
         self.get_tile: Callable[[int, int, int], bytes | None] = cache.get_tile
         self.levels = frozenset(tiled_levels)
         self.service_path = f"{_SERVICES}/{name}/MapServer".lower()
         self.tile_prefix = f"{_SERVICES}/{name}/MapServer/tile/"
         self.tile_prefix_lower = self.tile_prefix.lower()
+        self.tilemap_prefix = (f"{_SERVICES}/{name}/MapServer/tilemap/".lower()
+                               if "Tilemap" in service["capabilities"] else None)
+        self.zooms = xyz_zooms(cache.scheme)
+        grid = {level: cache.scheme.grid_size(level) for level in tiled_levels
+                if level in cache.scheme.levels}
+        self.grid = {level: size for level, size in grid.items() if size is not None}
+        page = preview_page(cache, service, f"{_SERVICES}/{name}/MapServer", tiled_levels, self.zooms)
+        self.assets: dict[str, tuple[bytes, bytes]] = {
+            "": (b"text/html; charset=utf-8", page), "/preview": (b"text/html; charset=utf-8", page),
+            **{f"/static/{file}": (ctype, _static(file)) for file, ctype in STATIC_FILES.items()},
+        }
         catalog = {"currentVersion": SERVER_VERSION, "folders": [],
                    "services": [{"name": name, "type": "MapServer"}]}
         info = {"currentVersion": SERVER_VERSION, "fullVersion": f"{SERVER_VERSION}.0",
@@ -260,7 +337,19 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith(routes.tile_prefix) or path.lower().startswith(routes.tile_prefix_lower):
             self._tile(routes, path[len(routes.tile_prefix):], head_only)
             return
+        lower = path.lower()
+        if routes.tilemap_prefix is not None and lower.startswith(routes.tilemap_prefix):
+            self._tilemap(routes, path[len(routes.tilemap_prefix):], head_only)
+            return
+        xyz = _XYZ.match(path)
+        if xyz is not None:
+            self._xyz(routes, int(xyz.group(1)), int(xyz.group(2)), int(xyz.group(3)), head_only)
+            return
         key = path.rstrip("/").lower()
+        asset = routes.assets.get(key)
+        if asset is not None:
+            self._send(b"HTTP/1.1 200 OK\r\n", asset[0], asset[1], head_only)
+            return
         document = routes.documents.get(key)
         if document is None:
             self._not_found(_error_body(404, f"Not found: {path}"), head_only)
@@ -290,6 +379,59 @@ class _Handler(BaseHTTPRequestHandler):
             self._not_found(_TILE_MISSING, head_only)
             return
         self._send(b"HTTP/1.1 200 OK\r\n", _content_type(data), data, head_only)
+
+    def _xyz(self, routes: _Routes, zoom: int, x: int, y: int, head_only: bool) -> None:
+        if not routes.zooms:
+            self._not_found(_error_body(404, "XYZ paths need a cache on the standard Web Mercator "
+                                             "grid; use the MapServer's tile/{level}/{row}/{col}"),
+                            head_only)
+            return
+        level = routes.zooms.get(zoom)
+        if level is None or x >= 2 ** zoom or y >= 2 ** zoom:
+            self._not_found(_TILE_MISSING, head_only)
+            return
+        self._tile(routes, f"{level}/{y}/{x}", head_only)
+
+    def _tilemap(self, routes: _Routes, rest: str, head_only: bool) -> None:
+        """``tilemap/{level}/{row}/{col}/{width}/{height}`` as ArcGIS answers it (spec §2.3).
+
+        A block crossing a bundle line is clipped to the bundle of its top-left tile and marked
+        ``adjusted``; a level without tiles is all zeros, not an error.
+        """
+        parts = rest.split("/")
+        if len(parts) != 5 or not all(p.isascii() and p.isdigit() and len(p) < 10 for p in parts):
+            self._not_found(_error_body(404, "Tilemap path must be "
+                                             "tilemap/{level}/{row}/{col}/{width}/{height}"), head_only)
+            return
+        level, top, left, width, height = map(int, parts)
+        if width < 1 or height < 1:
+            self._send(b"HTTP/1.1 400 Bad Request\r\n", b"application/json",
+                       _error_body(400, "tilemap width and height must be at least 1"), head_only)
+            return
+        w = min(width, BUNDLE_SIZE - left % BUNDLE_SIZE)
+        h = min(height, BUNDLE_SIZE - top % BUNDLE_SIZE)
+        data = [0] * (w * h)
+        grid = routes.grid.get(level)
+        if level in routes.levels:
+            from cacheorch.verify import bundle_presence
+            brow, bcol = top - top % BUNDLE_SIZE, left - left % BUNDLE_SIZE
+            try:
+                flags = bundle_presence(routes.cache, level, brow, bcol)
+            except CacheorchError as exc:
+                self._send(b"HTTP/1.1 500 Internal Server Error\r\n", b"application/json",
+                           _error_body(500, str(exc)), head_only)
+                return
+            if flags is not None:
+                for r in range(h):
+                    row = top + r
+                    base = (row % BUNDLE_SIZE) * BUNDLE_SIZE + left % BUNDLE_SIZE
+                    for c in range(w):
+                        if flags[base + c] and (grid is None or (row < grid[0] and left + c < grid[1])):
+                            data[r * w + c] = 1
+        body = json.dumps({"adjusted": (w, h) != (width, height), "valid": True, "data": data,
+                           "location": {"left": left, "top": top, "width": w, "height": h}},
+                          separators=(",", ":")).encode()
+        self._send(b"HTTP/1.1 200 OK\r\n", b"application/json; charset=utf-8", body, head_only)
 
     # -- methods --------------------------------------------------------------------------------
 
@@ -369,7 +511,8 @@ class _Server6(_Server):
 
 
 class CacheServer:
-    """A compact-v2 folder or a .tpkx, served as ``/arcgis/rest/services/<name>/MapServer``.
+    """Any cache :func:`open_cache` reads, served as ``/arcgis/rest/services/<name>/MapServer``
+    (plus XYZ paths for Web Mercator caches and a preview page at ``/``).
 
     The socket is bound on construction (``port=0`` picks a free port), so :attr:`url` is known
     before serving starts. Entering the context starts serving in a background thread; leaving it
@@ -477,7 +620,7 @@ def _open(path: Path) -> TileCache:
     except CacheorchError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        raise FormatError(f"{path}: not a readable compact cache or .tpkx ({exc})") from None
+        raise FormatError(f"{path}: not a readable tile cache or package ({exc})") from None
 
 
 def run_server(cache: str | Path, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
@@ -488,6 +631,9 @@ def run_server(cache: str | Path, host: str = "127.0.0.1", port: int = 0, name: 
         service = server.service
         echo(f"Serving {server.cache_path} (levels {service['minLOD']}-{service['maxLOD']}) at")
         echo(f"  {server.url}")
+        echo(f"Preview in a browser: {server.root_url}/")
+        if xyz_zooms(server.cache.scheme):
+            echo(f"XYZ tiles: {server.root_url}/{{z}}/{{x}}/{{y}}")
         if host not in ("127.0.0.1", "localhost", "::1"):
             echo(f"Note: listening on {host}, reachable from other machines.")
         echo("Press Ctrl-C to stop.")

@@ -106,7 +106,7 @@ def test_service_json_describes_the_cache(served, session) -> None:
     assert doc["minScale"] == scheme.lod(levels[0]).scale
     assert doc["maxScale"] == scheme.lod(levels[-1]).scale
     assert doc["singleFusedMapCache"] is True
-    assert doc["capabilities"] == "Map,TilesOnly"
+    assert doc["capabilities"] == "Map,TilesOnly,Tilemap"  # bundle caches answer /tilemap
     assert doc["storageInfo"] == {"storageFormat": "esriMapCacheStorageModeCompactV2", "packetSize": 128}
     assert doc["exportTilesAllowed"] is False and doc["maxExportTilesCount"] == 100000
     assert doc["units"] == "esriMeters"
@@ -246,9 +246,10 @@ def test_head_gives_get_headers_without_body(served, session) -> None:
 
 
 @pytest.mark.parametrize("path", [
-    "/", "/arcgis", "/arcgis/rest/services/Other/MapServer", "/arcgis/rest/services/{name}/ImageServer",
-    "/arcgis/rest/services/{name}/MapServer/0", "/arcgis/rest/services/{name}/MapServer/tilemap/0/0/0/8/8",
-    "/arcgis/rest/services/{name}/MapServer/exportTiles",
+    "/arcgis", "/arcgis/rest/services/Other/MapServer", "/arcgis/rest/services/{name}/ImageServer",
+    "/arcgis/rest/services/{name}/MapServer/0", "/arcgis/rest/services/{name}/MapServer/tilemap/0/0/0/8",
+    "/arcgis/rest/services/{name}/MapServer/tilemap/0/0/0/8/x",
+    "/arcgis/rest/services/{name}/MapServer/exportTiles", "/static/", "/index.html", "/0/0", "/0/0/0/0",
 ])
 def test_unknown_paths_are_404_json(served, session, path: str) -> None:
     server, _, _ = served
@@ -550,3 +551,89 @@ def test_demo_area_is_a_wgs84_polygon_around_the_alps(tmp_path: Path) -> None:
     assert 4 < west < east < 18 and 43 < south < north < 49
     assert polygon.exterior.is_ccw  # RFC 7946 right-hand rule
     assert polygon.contains(shape({"type": "Point", "coordinates": [10.0, 46.5]}))  # Engadin
+
+
+# -- every format open_cache reads; tilemap; XYZ ---------------------------------------------------
+
+
+def _export_all(tmp_path: Path, exporter: str) -> Path:
+    from test_verify import export
+    return export(tmp_path, exporter)
+
+
+@pytest.mark.parametrize("exporter", ["tpk", "tpkx", "compact-v2", "exploded", "mbtiles", "gpkg"])
+def test_every_output_format_is_served(tmp_path: Path, session, exporter: str) -> None:
+    """Each format open_cache reads: the service JSON, every tile byte-identical, XYZ the same."""
+    from test_verify import _tiles
+    output = _export_all(tmp_path, exporter)
+    tiles = _tiles()
+    with CacheServer(output) as server:
+        doc = session.get(server.url, params={"f": "json"}, timeout=10).json()
+        assert (doc["minLOD"], doc["maxLOD"]) == (0, 3)
+        bundles = exporter in ("tpk", "tpkx", "compact-v2")
+        assert ("Tilemap" in doc["capabilities"].split(",")) is bundles
+        for (level, row, col), data in tiles.items():
+            r = session.get(f"{server.url}/tile/{level}/{row}/{col}", timeout=10)
+            assert r.status_code == 200 and r.content == data, (level, row, col)
+            assert r.headers["Content-Type"] == "image/png"
+            xyz = session.get(f"{server.root_url}/{level}/{col}/{row}", timeout=10)
+            assert xyz.status_code == 200 and xyz.content == data
+        assert session.get(f"{server.url}/tile/3/8/0", timeout=10).status_code == 404
+        assert session.get(f"{server.root_url}/3/0/8", timeout=10).status_code == 404
+        assert session.get(f"{server.root_url}/4/0/0", timeout=10).status_code == 404
+        assert session.get(f"{server.root_url}/", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["tpkx", "compact", "tpk", "v1"])
+def test_tilemap_says_which_tiles_exist(session, path: str, fixtures: Path) -> None:
+    """Compared tile by tile with open_cache over a block that crosses the grid's end."""
+    target = {"tpkx": TPKX, "compact": COMPACT, "tpk": fixtures / "tpk_v1" / "states_filled.tpk",
+              "v1": fixtures / "gwc" / "compactcacheV1"}[path]
+    with CacheServer(_need(target)) as server, open_cache(target) as cache:
+        for level in sorted({k[0] for k in cache.bundle_keys()}):
+            r = session.get(f"{server.url}/tilemap/{level}/0/0/40/40", params={"f": "json"}, timeout=10)
+            assert r.status_code == 200
+            doc = r.json()
+            assert doc["valid"] is True and doc["adjusted"] is False
+            assert doc["location"] == {"left": 0, "top": 0, "width": 40, "height": 40}
+            want = [int(cache.get_tile(level, row, col) is not None)
+                    for row in range(40) for col in range(40)]
+            assert doc["data"] == want and sum(want) > 0
+
+
+def test_tilemap_is_clipped_to_one_bundle_and_empty_where_nothing_is(session, demo_cache: Path
+                                                                     ) -> None:
+    with CacheServer(demo_cache) as server, open_cache(demo_cache) as cache:
+        doc = session.get(f"{server.url}/tilemap/5/120/100/20/30", timeout=10).json()
+        assert doc["adjusted"] is True
+        assert doc["location"] == {"left": 100, "top": 120, "width": 20, "height": 8}
+        assert doc["data"] == [int(cache.get_tile(5, r, c) is not None)
+                               for r in range(120, 128) for c in range(100, 120)]
+        empty = session.get(f"{server.url}/tilemap/9/0/0/4/4", timeout=10).json()
+        assert empty["data"] == [0] * 16 and empty["valid"] is True
+        assert session.get(f"{server.url}/tilemap/2/0/0/0/4", timeout=10).status_code == 400
+
+
+def test_run_against_a_served_cache_uses_its_tilemap(tmp_path: Path, demo_cache: Path, cli) -> None:
+    """`run` sees Tilemap in the capabilities and asks per bundle; the copy is still complete."""
+    output = tmp_path / "copy.tpkx"
+    with CacheServer(demo_cache) as server:
+        result = cli("run", "--service", server.url, "--levels", "0-3", "--exporter", "tpkx",
+                     "--output", str(output), "--json")
+    assert result.code == 0, result.stderr
+    with open_cache(demo_cache) as a, open_cache(output) as b:
+        keys = [(lv, r, c) for lv in range(4) for r in range(2 ** lv) for c in range(2 ** lv)]
+        assert all(a.get_tile(*k) == b.get_tile(*k) for k in keys)
+
+
+def test_xyz_is_only_for_the_standard_grid(tmp_path: Path, session, fixtures: Path) -> None:
+    from cacheorch.serve import xyz_zooms
+    v1 = fixtures / "gwc" / "compactcacheV1"
+    with open_cache(v1) as cache:
+        assert xyz_zooms(cache.scheme) == {z: z for z in range(20)}
+    from test_preview import nztm_cache
+    nz = nztm_cache(tmp_path / "nz")
+    with CacheServer(nz) as server:
+        r = session.get(f"{server.root_url}/0/0/0", timeout=10)
+        assert r.status_code == 404 and "Web Mercator" in r.json()["error"]["message"]
+        assert session.get(f"{server.url}/tile/0/13/5", timeout=10).status_code == 200

@@ -100,6 +100,9 @@ def build_cli(plugins_factory: Any = None) -> click.Group:
     for module in (info, jobs, db, serve):
         for command in module.COMMANDS:
             cli.add_command(command)
+    from cacheorch.cli import verify
+    for command in verify.COMMANDS:
+        cli.add_command(command)
     return cli
 
 

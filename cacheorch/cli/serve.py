@@ -15,7 +15,9 @@ __all__ = ["COMMANDS"]
 @click.option("--name", help="Service name in the URL (default: from the cache's name).")
 @click.pass_obj
 def serve_command(app: App, cache: str, host: str, port: int, name: str | None) -> None:
-    """Serve CACHE (a compact-v2 folder or a .tpkx) as an ArcGIS REST tiled MapServer."""
+    """Serve CACHE (compact V2/V1 or exploded folder, .tpkx, .tpk, MBTiles, GeoPackage) as an
+    ArcGIS REST tiled MapServer, with XYZ /{z}/{x}/{y} for Web Mercator caches and a preview
+    map at / ."""
     from cacheorch.serve import run_server
     run_server(cache, host, port, name, click.echo)
 

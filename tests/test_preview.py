@@ -1,0 +1,173 @@
+"""What people look at: serve's preview page and ``plan --html``, rendered by headless Chromium.
+
+The caches are solid, distinctive colours, so a screenshot proves the tiles were drawn, and
+drawn in the right place (the red quadrant top-left, the blue one bottom-right).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from _chromium import colour_pixels, need_chromium, screenshot
+from _gdal import solid_png
+from _tileserver import TileServer
+
+from cacheorch.interfaces import ExportRequest, Service
+from cacheorch.plugins.export_compact_v2 import CompactV2Exporter
+from cacheorch.serve import CacheServer
+from cacheorch.tiling import (
+    Envelope, LevelOfDetail, SpatialReference, TilingScheme, web_mercator_scheme,
+)
+
+#: The world's quadrants at every level: top-left, top-right, bottom-left, bottom-right.
+QUADRANTS = {(0, 0): (220, 30, 40), (0, 1): (30, 170, 60), (1, 0): (240, 200, 20),
+             (1, 1): (40, 70, 210)}
+GREEN, MAGENTA = (20, 200, 120), (200, 40, 200)
+
+
+def write_cache(folder: Path, scheme: TilingScheme, tiles: dict[tuple[int, int, int], bytes],
+                extent: tuple[float, float, float, float] | None = None) -> Path:
+    levels = sorted({k[0] for k in tiles})
+    request = ExportRequest(output=folder, service=Service(location="test://", scheme=scheme,
+                                                           name="Preview"),
+                            scheme=scheme.with_levels(levels),
+                            levels=tuple(scheme.lod(n) for n in levels), mode="create", extent=extent)
+    session = CompactV2Exporter().open(request)
+    by_bundle: dict[tuple[int, int, int], list] = {}
+    for (lv, r, c), data in sorted(tiles.items()):
+        by_bundle.setdefault((lv, r // 128 * 128, c // 128 * 128), []).append((r, c, data))
+    for (lv, br, bc), members in by_bundle.items():
+        sink = session.open_bundle(lv, br, bc)
+        for r, c, data in members:
+            sink.add(r, c, data)
+        sink.close()
+    return session.commit()
+
+
+def quadrant_cache(folder: Path) -> Path:
+    tiles = {}
+    for level in (1, 2, 3):
+        half = 2 ** (level - 1)
+        for r in range(2 ** level):
+            for c in range(2 ** level):
+                tiles[(level, r, c)] = solid_png(QUADRANTS[(r // half, c // half)])
+    return write_cache(folder, web_mercator_scheme(6), tiles)
+
+
+def nztm_cache(folder: Path) -> Path:
+    """512-pixel NZTM tiles (not Web Mercator, scales not powers of two), a checkerboard."""
+    sr = SpatialReference(2193, 2193)
+    lods = tuple(LevelOfDetail(n, s, s / (96 * 39.37)) for n, s in enumerate((8e6, 6e6, 4e6)))
+    scheme = TilingScheme(-4020900, 19998100, 512, 512, 96, sr, lods,
+                          full_extent=Envelope(0, 4000000, 3000000, 7000000, sr))
+    tiles = {(0, r, c): solid_png(GREEN if (r + c) % 2 else MAGENTA, 512)
+             for r in range(8, 20) for c in range(0, 10)}
+    return write_cache(folder, scheme, tiles, extent=scheme.full_extent.bounds)
+
+
+def _centroid(image: np.ndarray, rgb: tuple[int, int, int]) -> tuple[float, float]:
+    diff = np.abs(image.astype(np.int16) - np.array(rgb, dtype=np.int16)).max(axis=-1)
+    ys, xs = np.nonzero(diff <= 6)
+    return float(xs.mean()), float(ys.mean())
+
+
+@pytest.mark.slow  # starts a browser (a few seconds)
+def test_preview_shows_the_tiles_in_place(tmp_path: Path) -> None:
+    need_chromium()
+    cache = quadrant_cache(tmp_path / "quadrants")
+    with CacheServer(cache) as server:
+        image = screenshot(server.root_url + "/")
+    counts = {q: colour_pixels(image, rgb) for q, rgb in QUADRANTS.items()}
+    assert all(n > 10000 for n in counts.values()), counts
+    left_top, right_bottom = _centroid(image, QUADRANTS[(0, 0)]), _centroid(image, QUADRANTS[(1, 1)])
+    assert left_top[0] < right_bottom[0] and left_top[1] < right_bottom[1]
+    top_right, bottom_left = _centroid(image, QUADRANTS[(0, 1)]), _centroid(image, QUADRANTS[(1, 0)])
+    assert top_right[0] > bottom_left[0] and top_right[1] < bottom_left[1]
+
+
+@pytest.mark.slow  # starts a browser (a few seconds)
+def test_preview_draws_a_cache_in_another_spatial_reference(tmp_path: Path) -> None:
+    need_chromium()
+    cache = nztm_cache(tmp_path / "nztm")
+    with CacheServer(cache) as server:
+        image = screenshot(server.root_url + "/preview")
+    assert colour_pixels(image, GREEN) > 20000 and colour_pixels(image, MAGENTA) > 20000
+
+
+def test_preview_page_uses_only_packaged_assets(tmp_path: Path) -> None:
+    cache = quadrant_cache(tmp_path / "quadrants")
+    with CacheServer(cache) as server, requests.Session() as s:
+        s.trust_env = False
+        page = s.get(server.root_url + "/", timeout=10)
+        assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert not re.search(r"(src|href)=\"(https?:)?//", page.text)
+        config = json.loads(re.search(r'id="cacheorch-config">(.*?)</script>', page.text, re.S).group(1))
+        assert config["levels"] == [1, 2, 3] and config["xyz"] == 1
+        assert config["serviceUrl"] == f"/arcgis/rest/services/{server.name}/MapServer"
+        for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+            r = s.get(server.root_url + asset, timeout=10)
+            assert r.status_code == 200 and len(r.content) > 500
+            assert b"http://" not in r.content and b"https://" not in r.content
+        assert s.get(server.root_url + "/static/nothing.js", timeout=10).status_code == 404
+        assert s.get(server.root_url + "/static/../serve.py", timeout=10).status_code == 404
+
+
+def test_preview_escapes_what_it_embeds(tmp_path: Path) -> None:
+    from cacheorch.formats.cache import open_cache
+    from cacheorch.serve import preview_page
+    cache_path = quadrant_cache(tmp_path / "q")
+    with open_cache(cache_path) as cache:
+        service = {"name": "<b>x</b>", "tileInfo": {}, "description": "</script><script>alert(1)"}
+        page = preview_page(cache, service, "/s", [1], {}).decode()
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "</script><script>alert" not in page
+
+
+# -- plan --html ---------------------------------------------------------------------------------
+
+
+def _service_json(scheme: TilingScheme) -> dict:
+    sr = {"wkid": 102100, "latestWkid": 3857}
+    half = 20037508.342787
+    extent = {"xmin": -half, "ymin": -half, "xmax": half, "ymax": half, "spatialReference": sr}
+    return {"currentVersion": 10.81, "mapName": "Layers", "singleFusedMapCache": True,
+            "capabilities": "Map", "spatialReference": sr, "units": "esriMeters",
+            "tileInfo": scheme.to_json(), "fullExtent": extent, "initialExtent": extent}
+
+
+@pytest.fixture
+def plan_page(tmp_path: Path, cli) -> tuple[Path, dict]:
+    scheme = web_mercator_scheme(8)
+    with TileServer({}, service=_service_json(scheme)) as server:
+        page = tmp_path / "plan.html"
+        args = ["plan", "--service", server.url, "--levels", "0-8", "--aoi", "0-3=extent",
+                "--aoi", "4-8=bbox:5.9,45.8,10.5,47.8@4326"]
+        result = cli(*args, "--html", str(page))
+        assert result.code == 0, result.stderr
+        plan = json.loads(cli(*args, "--json").stdout)
+    return page, plan
+
+
+def test_plan_html_is_self_contained_with_the_counts(plan_page) -> None:
+    page, plan = plan_page
+    text = page.read_text(encoding="utf-8")
+    assert not re.search(r"https?://", text.replace(plan["service"], "")), "external reference"
+    assert "<svg" in text and "<table" in text
+    for lv in plan["levels"]:
+        assert re.search(rf">{lv['level']}</td>.*?>{lv['tiles_planned']:,}</td>", text, re.S), lv
+    assert f"{plan['tiles_planned']:,}" in text
+
+
+@pytest.mark.slow  # starts a browser (a few seconds)
+def test_plan_html_renders(plan_page) -> None:
+    need_chromium()
+    page, _ = plan_page
+    image = screenshot(page.as_uri(), size=(900, 700))
+    # not blank: many colours, and the areas' fills are there
+    flat = image.reshape(-1, 3)
+    assert len(np.unique(flat[::7], axis=0)) > 20
+    assert (flat.std(axis=0) > 10).all()
