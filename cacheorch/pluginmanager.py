@@ -68,20 +68,22 @@ _KINDS: dict[str, tuple[str, type]] = {
 }
 
 
-def _blocked_names() -> set[str]:
+def _blocked_names(config_path: str | None = None) -> set[str]:
     raw = os.environ.get("CACHEORCH_DISABLE_PLUGINS", "")
-    return {name.strip() for name in raw.split(",") if name.strip()} | _config_blocked_names()
+    return {name.strip() for name in raw.split(",") if name.strip()} | \
+        _config_blocked_names(config_path)
 
 
-def _config_blocked_names() -> set[str]:
-    """``[cacheorch] disable_plugins = a, b`` in the config file ($CACHEORCH_CONFIG or
-    ./cacheorch.ini; plugins load before ``--config`` is parsed, so that flag does not apply)."""
+def _config_blocked_names(config_path: str | None = None) -> set[str]:
+    """``[cacheorch] disable_plugins = a, b`` in the config file (``--config``, else
+    $CACHEORCH_CONFIG or ./cacheorch.ini)."""
     from cacheorch.config import load_config
-    raw = load_config().main.get("disable_plugins", "")
+    raw = load_config(config_path).main.get("disable_plugins", "")
     return {name.strip() for name in raw.replace("\n", ",").split(",") if name.strip()}
 
 
-def plugin_manager(load_entrypoints: bool = True, extra: Iterable[Any] = ()) -> pluggy.PluginManager:
+def plugin_manager(load_entrypoints: bool = True, extra: Iterable[Any] = (),
+                   config_path: str | None = None) -> pluggy.PluginManager:
     """A fresh manager with the hook specs, the built-ins, entry-point plugins and ``extra`` objects.
 
     ``CACHEORCH_DISABLE_PLUGINS=a,b`` (or ``[cacheorch] disable_plugins = a, b`` in the config
@@ -90,7 +92,7 @@ def plugin_manager(load_entrypoints: bool = True, extra: Iterable[Any] = ()) -> 
     """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
-    blocked = _blocked_names()
+    blocked = _blocked_names(config_path)
     for name in blocked:
         pm.set_blocked(name)
     for dotted in DEFAULT_PLUGINS:
@@ -142,9 +144,10 @@ class Plugins:
         return None
 
 
-def make_plugins(load_entrypoints: bool = True, extra: Iterable[Any] = ()) -> Plugins:
+def make_plugins(load_entrypoints: bool = True, extra: Iterable[Any] = (),
+                 config_path: str | None = None) -> Plugins:
     """Build the manager and fill the registries, attributing each class to its plugin."""
-    pm = plugin_manager(load_entrypoints, extra)
+    pm = plugin_manager(load_entrypoints, extra, config_path)
     plugins = Plugins(pm)
     registries = {
         "cacheorch_register_scale_sources": plugins.scale_sources,
@@ -166,9 +169,9 @@ def make_plugins(load_entrypoints: bool = True, extra: Iterable[Any] = ()) -> Pl
 
 
 @functools.lru_cache(maxsize=1)
-def get_plugins() -> Plugins:
-    """The process-wide plugins, built on first use."""
-    return make_plugins()
+def get_plugins(config_path: str | None = None) -> Plugins:
+    """The process-wide plugins, built on first use (``config_path``: the ``--config`` file)."""
+    return make_plugins(config_path=config_path)
 
 
 def distribution_version(name: str) -> str | None:

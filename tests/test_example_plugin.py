@@ -221,3 +221,14 @@ def test_the_token_comes_from_the_connection_and_never_shows(featureservice) -> 
         assert "wrong-T0KEN" not in str(err.value)
         with pytest.raises(AreaError, match="error 499"):
             featureservice.area(srv.layer_url, service, Connection())
+
+
+def test_config_key_in_a_config_flag_file_blocks_a_plugin(fake_distribution: Path, tmp_path: Path,
+                                                          cli) -> None:
+    """`--config FILE` is read before the plugins load, so its disable_plugins applies too."""
+    config = tmp_path / "other.ini"
+    config.write_text("[cacheorch]\ndisable_plugins = keepodd\n")
+    assert "keep-odd" in cli("plugins").stdout
+    listed = cli("--config", str(config), "plugins")
+    assert listed.code == 0 and "keep-odd" not in listed.stdout and "tpkx" in listed.stdout
+    assert "keep-odd" not in cli(f"--config={config}", "plugins").stdout

@@ -110,10 +110,30 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _option_value(args: list[str], name: str) -> str | None:
+    """The value of a global option in ``args`` (``--config F`` or ``--config=F``), if given."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.partition("=")[2]
+    return None
+
+
 def main(argv: list[str] | None = None, plugins_factory: Any = None) -> int:
     """Entry point: run the CLI and map errors to the contract's exit codes; never a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     show_tb = "--traceback" in args
+    if plugins_factory is None:
+        # Plugins load before click parses the options (they may add commands), so a
+        # `disable_plugins` key in a --config file is found by looking ahead for that option.
+        config_path = _option_value(args, "--config")
+        if config_path:
+            def plugins_factory() -> Plugins:
+                from cacheorch.pluginmanager import get_plugins
+                return get_plugins(config_path)
     app = App(plugins_factory=plugins_factory)
     try:
         group = build_cli(plugins_factory)
