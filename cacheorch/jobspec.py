@@ -182,8 +182,8 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
     if workers < 1:
         raise ConfigError(f"{where('workers')}: must be at least 1")
     mode = flags.get("mode") or section.get("mode") or "create"
-    if mode not in ("create", "overwrite"):
-        raise ConfigError(f"{where('mode')}: {mode!r} is not one of create, overwrite")
+    if mode not in ("create", "overwrite", "merge"):
+        raise ConfigError(f"{where('mode')}: {mode!r} is not one of create, overwrite, merge")
     allow_partial = bool(flags.get("allow_partial")) or \
         section.get("allow_partial", "").lower() in ("1", "true", "yes", "on")
     tilemap = flags.get("tilemap")

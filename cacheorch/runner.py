@@ -5,10 +5,11 @@ job killed at any moment resumes by skipping the recorded bundles and redoing th
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from cacheorch.errors import CacheorchError, JobFailedError, OutputExistsError, 
 from cacheorch.events import BundleDone, JobFinished, JobStarted, emit
 from cacheorch.interfaces import DelegatedExporter, ExportRequest, ExportSession, staging_path
 from cacheorch.jobplan import JobPlan
+from cacheorch.merge import MergeSource, kept_total, merged_request, open_merge_source, record_kept
 from cacheorch.planner import BundlePlan
 from cacheorch.plugins.tilemap import with_tilemap
 from cacheorch.writer import BundleWriterThread
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from cacheorch.pluginmanager import Plugins
 
 __all__ = ["JobOutcome", "run_job", "default_output"]
+
+log = logging.getLogger(__name__)
 
 #: How many tiles pass between progress-bar updates (a per-tile update would cost more than the tile).
 _PROGRESS_STEP = 64
@@ -48,6 +52,9 @@ class JobOutcome:
     #: Tiles the exporter left out as blank, and tiles it stored once for several places.
     skipped_blank: int = 0
     duplicates: int = 0
+    #: ``--mode merge``: tiles copied from the existing output instead of fetched (not in
+    #: ``written``, which counts fetched tiles only).
+    kept: int = 0
 
 
 @dataclass
@@ -59,6 +66,15 @@ class _OpenBundle:
     failed: int = 0
     bytes: int = 0
     errors: list[tuple[int, int, str]] = field(default_factory=list)
+    #: Tiles copied from the existing output of a merge.
+    kept: int = 0
+
+
+@dataclass
+class _CopiedBundle:
+    """A merge's existing bundle outside the plan, copied whole: no catalog record of its own."""
+
+    kept: int = 0
 
 
 def default_output(plan: JobPlan) -> Path:
@@ -101,6 +117,8 @@ class _Run:
         #: ``resume --failed``: bundles to repair by refetching only their failed tiles.
         self.repair: dict[tuple[int, int, int], tuple[int, list[tuple[int, int]]]] = {}
         self.writer: BundleWriterThread | None = None
+        #: ``--mode merge``: the existing output, the source of the tiles it already holds.
+        self.merge: MergeSource | None = None
 
     def _todo(self, skip: dict[tuple[int, int, int], int]) -> Iterator[BundlePlan]:
         """Every bundle not already done, streamed; the skipped ones count as progress.
@@ -128,8 +146,49 @@ class _Run:
             if repair is not None:
                 yield from repair
                 continue
-            self.open[(bundle.level, bundle.bundle_row, bundle.bundle_col)] = _OpenBundle(bundle)
+            key = (bundle.level, bundle.bundle_row, bundle.bundle_col)
+            if self.merge is not None and key in self.merge.bundles:
+                yield from self._merge_keys(key, bundle)
+                continue
+            self.open[key] = _OpenBundle(bundle)
             yield from bundle.keys()
+        if self.merge is not None:
+            self._copy_unplanned()
+
+    def _merge_keys(self, key: tuple[int, int, int], bundle: BundlePlan) -> list[Any]:
+        """Merge: hand every tile the existing output holds in this bundle to the writer and
+        return the planned keys it lacks, the only ones to fetch; a bundle with nothing left to
+        fetch is finished here."""
+        assert self.merge is not None and self.writer is not None
+        state = _OpenBundle(bundle)
+        held: set[tuple[int, int]] = set()
+        for row, col, data in self.merge.tiles(key):
+            self.writer.add(key, row, col, data)
+            held.add((row, col))
+        state.kept = len(held)
+        keys = [k for k in bundle.keys() if (k.row, k.col) not in held]
+        state.seen = bundle.tile_count - len(keys)
+        if state.seen:
+            self.progress(state.seen)
+        if not keys:
+            self.writer.finish(key, state)
+        else:
+            self.open[key] = state
+        return keys
+
+    def _copy_unplanned(self) -> None:
+        """Merge: copy whole every existing bundle the plan does not touch (other levels or
+        areas), so the new output holds old and new; on resume, those already staged stay."""
+        assert self.merge is not None and self.writer is not None
+        planned = {(b.level, b.bundle_row, b.bundle_col) for b in self.plan.bundles()}
+        for key in sorted(self.merge.bundles - planned):
+            if self.session.has_bundle(*key):
+                continue
+            copied = _CopiedBundle()
+            for row, col, data in self.merge.tiles(key):
+                self.writer.add(key, row, col, data)
+                copied.kept += 1
+            self.writer.finish(key, copied)
 
     def _repair_keys(self, key: tuple[int, int, int], bundle: BundlePlan) -> list[Any] | None:
         """For a bundle with failed tiles and a staged copy: hand the copy's tiles to the writer
@@ -165,8 +224,11 @@ class _Run:
         self.open[key] = state
         return keys
 
-    def _bundle_done(self, key: tuple[int, int, int], state: _OpenBundle) -> None:
+    def _bundle_done(self, key: tuple[int, int, int], state: _OpenBundle | _CopiedBundle) -> None:
         """On the writer thread, once the bundle is durable: checkpoint it in the catalog."""
+        self.outcome.kept += state.kept
+        if isinstance(state, _CopiedBundle):  # not a bundle of the job's plan
+            return
         level, brow, bcol = key
         self.catalog.record_bundle(self.job_id, level=level, bundle_row=brow, bundle_col=bcol,
                                    written=state.written, missing=state.missing,
@@ -183,6 +245,8 @@ class _Run:
     def fetch_all(self, skip: dict[tuple[int, int, int], int]) -> None:
         """Fetch and write every bundle not in ``skip``, here or on the job's executor."""
         if self.plan.spec.executor == "dask":  # workers fetch; this process still writes
+            if self.merge is not None:
+                raise UsageError("--mode merge into an existing output needs --executor local")
             from cacheorch.dask_executor import fetch_all_dask
             fetch_all_dask(self, skip)
             return
@@ -230,6 +294,31 @@ class _Run:
         self.open.clear()
 
 
+def _merge_source(plan: JobPlan, output: Path) -> MergeSource | None:
+    """For ``--mode merge``: the existing output, checked against the service's grid and the
+    exporter's format; None when there is none (or the mode is not merge).
+
+    On resume it is the original output still: a merge replaces it only at commit.
+    """
+    if plan.spec.mode != "merge":
+        return None
+    if plan.spec.executor == "dask" and os.path.lexists(output):
+        raise UsageError("--mode merge into an existing output needs --executor local (dask "
+                         "workers would fetch the tiles it already holds)")
+    name = getattr(plan.exporter, "name", "") or plan.spec.exporter.name
+    return open_merge_source(output, name, plan.service.scheme)
+
+
+def _delegated_merge(plan: JobPlan) -> JobPlan:
+    """ArcGIS-run exporters merge only trivially: into no output (then merge is create)."""
+    output = Path(plan.spec.output) if plan.spec.output else default_output(plan)
+    if os.path.lexists(output.absolute()):
+        raise UsageError(f"--mode merge: exporter {plan.spec.exporter.name} has ArcGIS build the "
+                         f"whole output and cannot add to {output}; use --mode overwrite, or the "
+                         f"exporter's own mode option where it has one")
+    return replace(plan, spec=replace(plan.spec, mode="create"))
+
+
 def _skip_set(catalog: Catalog, job_id: int) -> dict[tuple[int, int, int], int]:
     counts = getattr(catalog, "done_bundle_counts", None)
     if counts is not None:
@@ -248,6 +337,8 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
     """
     if isinstance(plan.exporter, DelegatedExporter):  # ArcGIS does the export: no bundles here
         from cacheorch.delegate import run_delegated
+        if plan.spec.mode == "merge":
+            plan = _delegated_merge(plan)
         return run_delegated(plugins, catalog, connection, plan, job_id=job_id,
                              progress=progress, on_start=on_start)
     resumed = job_id is not None
@@ -261,8 +352,18 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
         return _finish_published(plugins, catalog, job_id, output, staging)  # type: ignore[arg-type]
     if resumed and plan.spec.mode == "create" and output.exists() and not staging.exists():
         raise OutputExistsError(f"{output} exists and job {job_id} has no staged bundles left")
+    merge = _merge_source(plan, output)
     request = _export_request(plan, output)
-    session = plan.exporter.open(request)
+    if merge is not None:
+        request = merged_request(request, merge)
+    elif plan.spec.mode == "merge":  # nothing to merge into: merge is create
+        request = replace(request, mode="create")
+    try:
+        session = plan.exporter.open(request)
+    except BaseException:
+        if merge is not None:
+            merge.close()
+        raise
     try:
         if job_id is None:
             service_id = catalog.ensure_service(
@@ -279,17 +380,28 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
     except BaseException:
         if not resumed:
             session.discard()
+        if merge is not None:
+            merge.close()
         raise
     if on_start is not None:
         on_start(job_id)
     run = _Run(plugins, catalog, connection, plan, job_id, session, progress)
+    run.merge = merge
     run.outcome.output = str(output)
     skip = _skip_set(catalog, job_id) if resumed else {}
     if resumed and retry_failed and hasattr(catalog, "failed_tiles"):
         run.repair = catalog.failed_tiles(job_id)
     emit(plugins.pm, JobStarted(job_id, tiles_planned=plan.tiles, resumed=resumed))
     try:
-        run.fetch_all(skip)
+        try:
+            run.fetch_all(skip)
+        finally:
+            if merge is not None:  # every copy is staged (or dropped): the old output is done with
+                merge.close()
+                try:
+                    record_kept(catalog, job_id, run.outcome.kept)
+                except Exception as exc:  # never hide why the run stopped behind a count
+                    log.warning("could not record the tiles kept by job %s: %s", job_id, exc)
     except BaseException as exc:
         run.abort_open()
         interrupted = isinstance(exc, KeyboardInterrupt)
@@ -311,7 +423,8 @@ def _totals(catalog: Catalog, job_id: int, outcome: JobOutcome) -> JobOutcome:
                       written=job.get("tiles_written", outcome.written),
                       missing=job.get("tiles_missing", outcome.missing),
                       failed=job.get("tiles_failed", outcome.failed),
-                      bytes=job.get("bytes", outcome.bytes), message=outcome.message)
+                      bytes=job.get("bytes", outcome.bytes), message=outcome.message,
+                      kept=kept_total(catalog, job_id))
 
 
 def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,

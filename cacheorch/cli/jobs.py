@@ -39,8 +39,10 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--exporter", help="Output format (default tpkx)."),
         click.option("--output", "-o", help="Output file or folder."),
         click.option("--workers", type=int, help="Requests in flight (default 8)."),
-        click.option("--mode", type=click.Choice(["create", "overwrite"]),
-                     help="create (default: refuse an existing output) or overwrite."),
+        click.option("--mode", type=click.Choice(["create", "overwrite", "merge"]),
+                     help="create (default: refuse an existing output), overwrite, or merge "
+                          "(add levels or areas to the existing output; what it holds is "
+                          "copied, not fetched again)."),
         click.option("--allow-partial", is_flag=True, default=None,
                      help="Write the output even if some tiles failed (the job ends partial)."),
         click.option("--tilemap/--no-tilemap", default=None,
@@ -202,12 +204,13 @@ def _execute(app: App, plan: JobPlan, connection: Connection, as_json: bool,
         catalog.close()
         connection.close()
     extra = {"tiles_skipped_blank": outcome.skipped_blank,
-             "tiles_deduplicated": outcome.duplicates}
+             "tiles_deduplicated": outcome.duplicates, "tiles_kept": outcome.kept}
     if as_json:
         _emit_json(_job_json(job, outcome.message) | extra)
     elif app.verbosity >= 0:
         stored = "".join(f", {n:,} {what}" for n, what in (
-            (outcome.skipped_blank, "blank left out"), (outcome.duplicates, "duplicates stored once"))
+            (outcome.skipped_blank, "blank left out"), (outcome.duplicates, "duplicates stored once"),
+            (outcome.kept, "kept from the existing output"))
             if n)
         click.echo(f"job {outcome.job_id} {outcome.status}: {outcome.written:,} tiles written, "
                    f"{outcome.missing:,} missing, {outcome.failed:,} failed, "
