@@ -248,7 +248,7 @@ def run_delegated(plugins: Plugins, catalog: Catalog, connection: Connection, pl
                   on_start: Callable[[int], None] | None = None) -> JobOutcome:
     """:func:`cacheorch.runner.run_job` for a :class:`DelegatedExporter`: record the job, let
     the exporter do the export, then read the output back to record what each level holds."""
-    from cacheorch.runner import JobOutcome, default_output
+    from cacheorch.runner import JobOutcome, default_output, record_job_start
 
     exporter = plan.exporter
     assert isinstance(exporter, DelegatedExporter)
@@ -260,18 +260,7 @@ def run_delegated(plugins: Plugins, catalog: Catalog, connection: Connection, pl
                                 f"(cacheorch jobs lists it) or remove that folder")
     if plan.spec.mode == "create" and output.exists():
         raise OutputExistsError(f"{output} already exists; choose another output or overwrite it")
-    if job_id is None:
-        service_id = catalog.ensure_service(
-            url=plan.service.location, name=plan.service.name, kind=plan.service.kind,
-            fingerprint=plan.service.scheme.fingerprint(), scheme=plan.service.scheme.to_json())
-        params = plan.spec.to_parameters() | {"output": str(output),
-                                              "fingerprint": plan.service.scheme.fingerprint()}
-        job_id = catalog.create_job(
-            name=plan.spec.name, service_id=service_id, service_url=plan.service.location,
-            exporter=plan.spec.exporter.name, output=str(output), parameters=params,
-            levels=[lv.to_json() | {"area_name": lv.area_label} for lv in plan.levels])
-    else:
-        catalog.set_status(job_id, "running")
+    job_id = record_job_start(catalog, plan, output, job_id)
     if on_start is not None:
         on_start(job_id)
     report = _Report(plugins, catalog, connection, job_id, output, progress)

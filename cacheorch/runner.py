@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from cacheorch.catalog import Catalog
     from cacheorch.pluginmanager import Plugins
 
-__all__ = ["JobOutcome", "run_job", "default_output"]
+__all__ = ["JobOutcome", "run_job", "default_output", "record_job_start"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,23 @@ def _export_request(plan: JobPlan, output: Path) -> ExportRequest:
     return ExportRequest(output=output, service=plan.service, scheme=scheme, levels=levels,
                          extent=plan.extent, mode=plan.spec.mode,  # type: ignore[arg-type]
                          title=plan.service.name or output.stem)
+
+
+def record_job_start(catalog: Catalog, plan: JobPlan, output: Path, job_id: int | None) -> int:
+    """Record a new job (its service, parameters and planned levels), or mark ``job_id`` running
+    again on resume; return the job's id. Shared by tile-fetching and delegated exports."""
+    if job_id is not None:
+        catalog.set_status(job_id, "running")
+        return job_id
+    scheme = plan.service.scheme
+    service_id = catalog.ensure_service(
+        url=plan.service.location, name=plan.service.name, kind=plan.service.kind,
+        fingerprint=scheme.fingerprint(), scheme=scheme.to_json())
+    params = plan.spec.to_parameters() | {"output": str(output), "fingerprint": scheme.fingerprint()}
+    return catalog.create_job(
+        name=plan.spec.name, service_id=service_id, service_url=plan.service.location,
+        exporter=plan.spec.exporter.name, output=str(output), parameters=params,
+        levels=[lv.to_json() | {"area_name": lv.area_label} for lv in plan.levels])
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -365,18 +382,7 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
             merge.close()
         raise
     try:
-        if job_id is None:
-            service_id = catalog.ensure_service(
-                url=plan.service.location, name=plan.service.name, kind=plan.service.kind,
-                fingerprint=plan.service.scheme.fingerprint(), scheme=plan.service.scheme.to_json())
-            params = plan.spec.to_parameters() | {"output": str(output),
-                                                  "fingerprint": plan.service.scheme.fingerprint()}
-            job_id = catalog.create_job(
-                name=plan.spec.name, service_id=service_id, service_url=plan.service.location,
-                exporter=plan.spec.exporter.name, output=str(output), parameters=params,
-                levels=[lv.to_json() | {"area_name": lv.area_label} for lv in plan.levels])
-        else:
-            catalog.set_status(job_id, "running")
+        job_id = record_job_start(catalog, plan, output, job_id)
     except BaseException:
         if not resumed:
             session.discard()
