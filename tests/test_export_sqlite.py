@@ -344,3 +344,7 @@ def test_the_job_summary_counts_blank_and_duplicate_tiles(cli, tmp_path) -> None
         "SELECT message FROM job_messages ORDER BY id").fetchall()
     assert ("0 blank tile(s) left out, 84 duplicate tile(s) stored once",) in messages
     assert ("21 blank tile(s) left out, 0 duplicate tile(s) stored once",) in messages
+    shown = json.loads(cli("job", str(report["job_id"]), "--json").stdout)["messages"]
+    assert [(m["source"], m["message"]) for m in shown] == [
+        ("exporter", "21 blank tile(s) left out, 0 duplicate tile(s) stored once")]
+    assert "exporter summary: 21 blank tile(s) left out" in cli("job", str(report["job_id"])).stdout

@@ -319,10 +319,12 @@ def jobs_command(app: App, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_obj
 def job_command(app: App, job_id: int, as_json: bool) -> None:
-    """Show one job: its extracted scales (levels) and their tile counts, and failed tiles."""
+    """Show one job: its extracted scales (levels), their tile counts, failed tiles, and the
+    messages of the server, arcpy or the exporter."""
     with app.open_catalog() as catalog:
         job = catalog.get_job(job_id)
-    data = _job_json(job, job.get("error") or "")
+        messages = catalog.job_messages(job_id)
+    data = _job_json(job, job.get("error") or "") | {"messages": messages}
     if as_json:
         _emit_json(data)
         return
@@ -335,6 +337,8 @@ def job_command(app: App, job_id: int, as_json: bool) -> None:
                    f"{lv['tiles_planned'] or 0:>10,}  {lv['tiles_written'] or 0:>10,}  "
                    f"{lv['tiles_missing'] or 0:>8,}  {lv['tiles_failed'] or 0:>7,}  "
                    f"{_fmt_bytes(lv['bytes']):>10}  {lv['area_name']}")
+    for message in messages:
+        click.echo(f"{message['source']:<9}{message['kind']}: {message['message']}")
     for line in data["errors"][:20]:
         click.echo(f"error  {line}")
 
