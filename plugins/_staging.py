@@ -75,7 +75,7 @@ class StagedBundle(BundleSink):
             raise ExportError(f"{self.final.name}: bundle already closed")
         try:
             size = self._writer.finish()
-            os.replace(self._tmp, self.final)
+            self._move_into_place()
             fsync_dir(self.final.parent)
         except OSError as exc:
             self._writer.abort()
@@ -83,6 +83,10 @@ class StagedBundle(BundleSink):
         finally:
             self._finish()
         return size
+
+    def _move_into_place(self) -> None:
+        """Rename the finished file(s) to their final names (a subclass may have two)."""
+        os.replace(self._tmp, self.final)
 
     def abort(self) -> None:
         try:

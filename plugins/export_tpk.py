@@ -30,7 +30,7 @@ from cacheorch.formats.rootjson import wgs84_bounds
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, Exporter
 from cacheorch.formats.blank import BlankCounter
 from cacheorch.plugins._export_common import BlankOptions, BundleGuard, SkippingSink
-from cacheorch.plugins._staging import export_extent, fsync_dir, title_of
+from cacheorch.plugins._staging import StagedBundle, export_extent, fsync_dir, title_of
 from cacheorch.plugins.export_tpkx import TpkxSession, _zip_info, thumbnail_png
 
 __all__ = ["TpkExporter", "TpkSession", "MAP_FOLDER", "cacheorch_register_exporters"]
@@ -43,46 +43,21 @@ _NS = "http://www.esri.com/schemas/ArcGIS/10.3"
 _XML = '<?xml version="1.0" encoding="utf-8" ?>'
 
 
-class _StagedV1Bundle(BundleSink):
+class _StagedV1Bundle(StagedBundle):
     """A bundle + bundlx pair written under ``.tmp`` names and renamed into place on close."""
 
     def __init__(self, final: Path, bundle_row: int, bundle_col: int, on_done) -> None:
         self.final = final
         self.final_x = final.with_name(bundlx_name(bundle_row, bundle_col))
-        self._writer = BundleV1Writer(final.with_name(final.name + _TMP),
+        self._writer = BundleV1Writer(final.with_name(final.name + _TMP),  # type: ignore[assignment]
                                       self.final_x.with_name(self.final_x.name + _TMP),
                                       bundle_row, bundle_col)
         self._on_done = on_done
         self._done = False
 
-    def add(self, row: int, col: int, data: bytes) -> None:
-        self._writer.add(row, col, data)
-
-    def close(self) -> int:
-        if self._done:
-            raise ExportError(f"{self.final.name}: bundle already closed")
-        try:
-            size = self._writer.finish()
-            os.replace(self._writer.bundlx_path, self.final_x)  # the index first: see module doc
-            os.replace(self._writer.path, self.final)
-            fsync_dir(self.final.parent)
-        except OSError as exc:
-            self._writer.abort()
-            raise ExportError(f"cannot write {self.final}: {exc.strerror or exc}") from None
-        finally:
-            self._finish()
-        return size
-
-    def abort(self) -> None:
-        try:
-            self._writer.abort()
-        finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        if not self._done:
-            self._done = True
-            self._on_done()
+    def _move_into_place(self) -> None:
+        os.replace(self._writer.bundlx_path, self.final_x)  # the index first: see module doc
+        os.replace(self._writer.path, self.final)
 
 
 def _iteminfo_xml(name: str, title: str, description: str,
