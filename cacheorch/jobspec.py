@@ -18,6 +18,8 @@ __all__ = ["JobSpec", "PluginSpec", "job_spec_from"]
 
 DEFAULT_EXPORTER = "tpkx"
 DEFAULT_WORKERS = 8
+#: Stop when more than half of the last requests failed, unless the job says otherwise.
+DEFAULT_MAX_FAILURE_RATE = 0.5
 DEFAULT_FAILURE_WINDOW = 200
 #: Config keys of a job's politeness towards the server (flags --user-agent, --max-rps...).
 _POLITENESS_KEYS = {"user_agent", "max_rps", "max_failure_rate", "failure_window"}
@@ -64,7 +66,7 @@ class JobSpec:
     user_agent: str | None = None
     max_rps: float | None = None
     #: Stop the job (resumable) when more than this fraction of the last ``failure_window``
-    #: requests failed; None never stops early.
+    #: requests failed; None never stops early (the command line's default is 0.5; 1 means None).
     max_failure_rate: float | None = None
     failure_window: int = DEFAULT_FAILURE_WINDOW
     #: Where bundles are fetched: ``local`` (this process) or ``dask`` (a dask.distributed cluster).
@@ -231,9 +233,15 @@ def _politeness(flags: dict[str, Any], section: dict[str, str], where: Any) -> d
         raise ConfigError(f"{where('user_agent')}: a User-Agent must be one line")
     max_rps = _number(flags, section, "max_rps", where, float, minimum=0.0, above=True)
     rate = _number(flags, section, "max_failure_rate", where, float, minimum=0.0)
-    if rate is not None and rate >= 1:
-        raise ConfigError(f"{where('max_failure_rate')}: must be a fraction below 1 (0.5 = half "
-                          f"the requests)")
+    if rate is not None and rate > 1:
+        raise ConfigError(f"{where('max_failure_rate')}: must be a fraction up to 1 (0.5 = half "
+                          f"the requests; 1 = never stop early)")
+    if rate is None:
+        # A dead or refusing server ends the job early (resumable) instead of being asked for
+        # every tile of it, several times over.
+        rate = DEFAULT_MAX_FAILURE_RATE
+    elif rate == 1:
+        rate = None
     window = _number(flags, section, "failure_window", where, int, minimum=1)
     return {"user_agent": user_agent, "max_rps": max_rps, "max_failure_rate": rate,
             "failure_window": int(window or DEFAULT_FAILURE_WINDOW)}

@@ -216,7 +216,12 @@ def test_politeness_settings_come_from_config_and_survive_resume(cli, tmp_path: 
     assert JobSpec.from_parameters(json.loads(json.dumps(spec.to_parameters()))) == spec
     assert spec.connection_options()["user_agent"] == "me/1"
     bad = cli("plan", "--service", "http://127.0.0.1:9/x/MapServer", "--max-failure-rate", "1.5")
-    assert bad.code == 2 and "--max-failure-rate: must be a fraction below 1" in bad.stderr
+    assert bad.code == 2 and "--max-failure-rate: must be a fraction up to 1" in bad.stderr
+    # By default a job stops once more than half of the last 200 requests failed; 1 turns it off.
+    flags = {"service": "http://127.0.0.1:9/x/MapServer"}
+    assert job_spec_from(load_config(None), None, flags).max_failure_rate == 0.5
+    assert job_spec_from(load_config(None), None,
+                         flags | {"max_failure_rate": 1.0}).max_failure_rate is None
     bad = cli("plan", "--service", "http://127.0.0.1:9/x/MapServer", "--max-rps", "0")
     assert bad.code == 2 and "--max-rps: must be above 0" in bad.stderr
     assert USER_AGENT.startswith("cacheorch/")

@@ -59,7 +59,7 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Tile requests per second at most, over all connections."),
         click.option("--max-failure-rate", type=float, metavar="X",
                      help="Stop the job (resumable) when more than this fraction of the last "
-                          "--failure-window requests failed, e.g. 0.5 (default: never)."),
+                          "--failure-window requests failed (default 0.5; 1 = never)."),
         click.option("--failure-window", type=int, metavar="N",
                      help="Requests --max-failure-rate looks back over (default 200)."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
