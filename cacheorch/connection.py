@@ -99,6 +99,10 @@ class Connection:
     #: failed (None: never); the job ends failed and resumable.
     max_failure_rate: float | None = None
     failure_window: int = 200
+    #: Renew a token this many seconds before its issuer said it expires (at most a quarter
+    #: of its lifetime, so short-lived tokens are not renewed on every request).
+    renew_ahead: float = 120.0
+    _token_lifetime: float | None = field(default=None, repr=False)
     _session: requests.Session | None = field(default=None, repr=False)
     _token_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _renewals: deque[float] = field(default_factory=lambda: deque(maxlen=64), repr=False)
@@ -146,6 +150,26 @@ class Connection:
         """Whether a refused token can be replaced (a provider is configured)."""
         return self.token_provider is not None
 
+    def current_token(self) -> str | None:
+        """The token to send now, renewed first when it is about to expire.
+
+        Renewing ahead spares the burst of 498s (and their retries) that every request in
+        flight would meet at the moment of expiry; the 498 path stays for tokens that expire
+        early (revoked, or a clock that disagrees). Cheap when nothing is due: one comparison.
+        """
+        expires = self.token_expires
+        if expires is None or self.token_provider is None:
+            return self.token
+        ahead = self.renew_ahead
+        if self._token_lifetime is not None:
+            ahead = min(ahead, self._token_lifetime / 4)
+        if time.time() >= expires - ahead:
+            try:
+                self.renew_token(self.token)
+            except Exception as exc:  # the request will meet the 498 path and say why
+                log.debug("renewing the token ahead of expiry failed: %s", self.redact(exc))
+        return self.token
+
     def renew_token(self, stale: str | None, url: str | None = None) -> str | None:
         """Replace the token ``stale`` that a service refused; return the token to use now.
 
@@ -176,6 +200,7 @@ class Connection:
             if self.token:
                 self._retired.append(self.token)
             self.token, self.token_expires = issued.token, issued.expires
+            self._token_lifetime = None if issued.expires is None else issued.expires - time.time()
             return self.token
 
     def redact(self, text: Any) -> str:

@@ -44,7 +44,7 @@ def tile_url_maker(service: Service, connection: Connection) -> Callable[[TileKe
     made: list[object] = [object(), ""]  # [token the query was made with, query]
 
     def query() -> str:
-        token = connection.token
+        token = connection.current_token()
         if token is not made[0]:
             params = connection.params()
             made[:] = [token, "?" + urlencode(params) if params else ""]

@@ -433,3 +433,37 @@ def test_job_whose_token_expires_mid_way_completes_without_leaking(cli, creds, s
         if path.is_file() and (path.name.startswith("catalog.sqlite") or path.suffix == ".xml"):
             data = path.read_bytes()
             assert not any(x.encode() in data for x in secrets), path
+
+
+class _ClockIssuer:
+    """A stand-in provider (no HTTP): tokens t1, t2... each valid for ``lifetime`` seconds."""
+
+    secrets: list[str] = []
+
+    def __init__(self, lifetime: float) -> None:
+        self.lifetime, self.calls = lifetime, 0
+
+    def generate(self, service_url: str, timeout: float = 30.0):  # noqa: ANN201
+        from cacheorch.tokens import IssuedToken
+        self.calls += 1
+        return IssuedToken(f"t{self.calls}", time.time() + self.lifetime)
+
+
+def test_a_token_about_to_expire_is_renewed_before_the_next_request(scheme) -> None:
+    """Renewing ahead spares every request in flight a 498 at the moment of expiry; a token
+    with a short life is renewed a quarter of its life ahead, not on every request."""
+    from cacheorch.interfaces import Service
+    issuer = _ClockIssuer(lifetime=600)
+    conn = Connection(token_provider=issuer, renew_ahead=120)  # type: ignore[arg-type]
+    conn.renew_token(None, "https://h/arcgis/rest/services/S/MapServer")
+    url = tile_url_maker(Service("https://h/arcgis/rest/services/S/MapServer", scheme), conn)
+    assert url(TileKey(1, 0, 0)).endswith("token=t1") and issuer.calls == 1
+    conn.token_expires = time.time() + 60  # now inside the 120 s margin
+    assert url(TileKey(1, 0, 1)).endswith("token=t2") and issuer.calls == 2
+    assert url(TileKey(1, 1, 1)).endswith("token=t2") and issuer.calls == 2  # fresh: no more
+    short = _ClockIssuer(lifetime=40)  # a quarter of its life (10 s) ahead, not 120 s
+    conn = Connection(token_provider=short, renew_ahead=120)  # type: ignore[arg-type]
+    conn.renew_token(None, "https://h/arcgis/rest/services/S/MapServer")
+    assert [conn.current_token() for _ in range(5)] == ["t1"] * 5 and short.calls == 1
+    conn.token_expires = time.time() + 5
+    assert conn.current_token() == "t2" and short.calls == 2
