@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from shapely.geometry import box as shapely_box
 from shapely.geometry.base import BaseGeometry
 
 if TYPE_CHECKING:
@@ -123,6 +124,35 @@ def _clip(box: Sequence[float] | None, grid: Sequence[float] | None) -> tuple[fl
     return clipped if clipped[0] < clipped[2] and clipped[1] < clipped[3] else tuple(box)
 
 
+#: An area narrower than this share of the overview gets a detail map of its own.
+_DETAIL_BELOW = 0.1
+
+
+def _detail_svg(ranges: Sequence[LevelRange], drawn: Sequence[float]) -> list[str]:
+    """A second map fitted to the small areas (a town on a world service is a speck otherwise),
+    with every range's area clipped to that view; nothing when all areas are large."""
+    width = max(drawn[2] - drawn[0], drawn[3] - drawn[1])
+    small = [r for r in ranges if not r.area.is_empty and max(
+        r.area.bounds[2] - r.area.bounds[0], r.area.bounds[3] - r.area.bounds[1]) < _DETAIL_BELOW * width]
+    box = _bounds_union(r.area.bounds for r in small)
+    if box is None:
+        return []
+    frame = _Frame(box)
+    view = shapely_box(frame.xmin, frame.ymax - frame.height / frame.scale,
+                       frame.xmin + _VIEW_W / frame.scale, frame.ymax)
+    out = [f'<p class="detail-title">Detail: levels {_e(", ".join(r.name for r in small))}</p>',
+           f'<svg id="detail" viewBox="0 0 {_VIEW_W:.0f} {frame.height:.2f}" role="img" '
+           'aria-label="The small areas, enlarged">',
+           f'<rect x="0" y="0" width="{_VIEW_W:.0f}" height="{frame.height:.2f}" fill="#f7f7f4"/>']
+    for r in ranges:
+        d = _path(r.area.intersection(view), frame)
+        if d:
+            out.append(f'<path class="area" d="{d}" fill="{r.colour}" stroke="{r.colour}">'
+                       f'<title>levels {_e(r.name)}: {_e(r.label)}, {r.tiles:,} tiles</title></path>')
+    out.append("</svg>")
+    return out
+
+
 def _e(value: object) -> str:
     return html.escape(str(value))
 
@@ -150,6 +180,7 @@ def plan_html(plan: JobPlan) -> str:
             svg.append(f'<path class="area" d="{d}" fill="{r.colour}" stroke="{r.colour}">'
                        f'<title>levels {_e(r.name)}: {_e(r.label)}, {r.tiles:,} tiles</title></path>')
     svg.append('<g id="grid"></g></svg>')
+    svg.extend(_detail_svg(ranges, drawn))
 
     rows = []
     colour_of = {lv: r.colour for r in ranges for lv in range(r.first, r.last + 1)}
@@ -196,7 +227,9 @@ body {{ font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #222; }}
 h1 {{ font-size: 18px; margin: 0 0 4px; }}
 .meta {{ color: #555; margin: 0 0 12px; }}
 .wrap {{ display: flex; gap: 20px; align-items: flex-start; flex-wrap: wrap; }}
-#map {{ flex: 0 0 auto; width: 560px; max-width: 100%; border: 1px solid #bbb; background: #f7f7f4; }}
+#map, #detail {{ display: block; flex: 0 0 auto; width: 560px; max-width: 100%; border: 1px solid #bbb;
+  background: #f7f7f4; }}
+.detail-title {{ margin: 10px 0 4px; color: #555; }}
 .extent {{ fill: none; stroke: #555; stroke-width: 1.5; stroke-dasharray: 6 4; }}
 .area {{ fill-opacity: 0.45; stroke-width: 1.2; fill-rule: evenodd; }}
 #grid line {{ stroke: #333; stroke-width: 0.5; stroke-opacity: 0.5; }}

@@ -162,6 +162,27 @@ def test_plan_html_is_self_contained_with_the_counts(plan_page) -> None:
     assert f"{plan['tiles_planned']:,}" in text
 
 
+def test_plan_html_enlarges_small_areas_in_a_detail_map(plan_page, tmp_path: Path) -> None:
+    """Switzerland on a world service is a speck: a second map fits it; a world plan has none."""
+    page, _ = plan_page
+    text = page.read_text(encoding="utf-8")
+    detail = text[text.index('<svg id="detail"'):]
+    detail = detail[:detail.index("</svg>")]
+    # two paths: the bbox, and the levels 0-3 world area clipped to the view around it
+    assert "Detail: levels 4-8" in text and detail.count("<path") == 2
+    assert "levels 4-8: bbox:5.9,45.8,10.5,47.8@4326" in detail
+    from cacheorch.planhtml import plan_html
+    from cacheorch.jobplan import make_plan
+    from cacheorch.jobspec import JobSpec, PluginSpec
+    from cacheorch.pluginmanager import make_plugins
+    from cacheorch.connection import Connection
+    scheme = web_mercator_scheme(4)
+    with TileServer({}, service=_service_json(scheme)) as server:
+        spec = JobSpec(service=server.url, policies=(PluginSpec("levels", {"": "0-4"}),))
+        world = plan_html(make_plan(make_plugins(), spec, Connection(), fetching=False))
+    assert '<svg id="detail"' not in world
+
+
 @pytest.mark.slow  # starts a browser (a few seconds)
 def test_plan_html_renders(plan_page) -> None:
     need_chromium()
