@@ -33,6 +33,7 @@ from cacheorch.connection import Connection
 from cacheorch.errors import CacheorchError, UsageError
 from cacheorch.interfaces import Service, TileFetcher, TileSource
 from cacheorch.planner import BundlePlan
+from cacheorch.tiling import TileKey
 from cacheorch.writer import BundleWriterThread
 
 if TYPE_CHECKING:
@@ -256,11 +257,12 @@ def fetch_all_dask(run: _Run, skip: dict[BundleKey, int], *, window: int | None 
                     "tiles whole", len(run.repair))
         run.repair = {}
     writer = BundleWriterThread(run.session, run._bundle_done)
+    run.writer = writer  # a merge copies the tiles the existing output holds through it
     futures = distributed.as_completed(loop=client.loop)
     in_flight: set[Any] = set()
     # each bundle, kept from its first part's submission until its last part is written
     wholes: dict[BundleKey, BundlePlan] = {}
-    pending = _parts(run._todo(skip), wholes, tiles_per_task)
+    pending = _parts(_to_fetch(run, skip), wholes, tiles_per_task)
 
     def submit_next() -> bool:
         nonlocal credentials
@@ -322,9 +324,41 @@ def fetch_all_dask(run: _Run, skip: dict[BundleKey, int], *, window: int | None 
         raise CacheorchError(f"the cluster returned no result for {len(run.open)} bundle(s)")
 
 
-def _parts(bundles: Iterator[BundlePlan], wholes: dict[BundleKey, BundlePlan],
+def _to_fetch(run: Any, skip: dict[BundleKey, int]) -> Iterator[tuple[BundlePlan, BundlePlan]]:
+    """(bundle, what of it the workers fetch) for every bundle still to do.
+
+    Without a merge that is the whole bundle. With ``--mode merge`` the tiles the existing output
+    holds are copied here, on the client, through the job's writer (``_Run._merge_keys``), and
+    the workers get only the rest, as row spans; once every planned bundle is out, the existing
+    bundles outside the plan are copied whole, as the local executor does.
+    """
+    for bundle in run._todo(skip):
+        key = (bundle.level, bundle.bundle_row, bundle.bundle_col)
+        if run.merge is None or key not in run.merge.bundles:
+            yield bundle, bundle
+            continue
+        lacking = run._merge_keys(key, bundle)
+        if lacking:
+            yield bundle, BundlePlan(bundle.level, bundle.bundle_row, bundle.bundle_col,
+                                     _spans_of(lacking))
+    if run.merge is not None:
+        run._copy_unplanned()
+
+
+def _spans_of(keys: list[TileKey]) -> tuple[tuple[int, int, int], ...]:
+    """Keys of one bundle (in row, then column order) as runs of consecutive columns per row."""
+    spans: list[tuple[int, int, int]] = []
+    for key in keys:
+        if spans and spans[-1][0] == key.row and spans[-1][2] + 1 == key.col:
+            spans[-1] = (key.row, spans[-1][1], key.col)
+        else:
+            spans.append((key.row, key.col, key.col))
+    return tuple(spans)
+
+
+def _parts(bundles: Iterator[tuple[BundlePlan, BundlePlan]], wholes: dict[BundleKey, BundlePlan],
            size: int) -> Iterator[BundlePlan]:
     """Each bundle's parts, remembering the bundle in ``wholes`` until all its parts are back."""
-    for bundle in bundles:
+    for bundle, fetched in bundles:
         wholes[(bundle.level, bundle.bundle_row, bundle.bundle_col)] = bundle
-        yield from split_bundle(bundle, size)
+        yield from split_bundle(fetched, size)

@@ -262,8 +262,6 @@ class _Run:
     def fetch_all(self, skip: dict[tuple[int, int, int], int]) -> None:
         """Fetch and write every bundle not in ``skip``, here or on the job's executor."""
         if self.plan.spec.executor == "dask":  # workers fetch; this process still writes
-            if self.merge is not None:
-                raise UsageError("--mode merge into an existing output needs --executor local")
             from cacheorch.dask_executor import fetch_all_dask
             fetch_all_dask(self, skip)
             return
@@ -319,9 +317,6 @@ def _merge_source(plan: JobPlan, output: Path) -> MergeSource | None:
     """
     if plan.spec.mode != "merge":
         return None
-    if plan.spec.executor == "dask" and os.path.lexists(output):
-        raise UsageError("--mode merge into an existing output needs --executor local (dask "
-                         "workers would fetch the tiles it already holds)")
     name = getattr(plan.exporter, "name", "") or plan.spec.exporter.name
     return open_merge_source(output, name, plan.service.scheme)
 

@@ -250,3 +250,29 @@ def test_jobspec_round_trips_the_executor() -> None:
     spec = JobSpec(service="https://x/MapServer", executor="dask", scheduler="tcp://10.0.0.5:8786")
     assert JobSpec.from_parameters(spec.to_parameters()) == spec
     assert JobSpec.from_parameters({"service": "s"}).executor == "local"
+
+
+def test_dask_merge_fetches_only_what_the_output_lacks(tmp_path: Path, cli, scheduler: str) -> None:
+    """--mode merge on the cluster: the client copies the tiles the existing output holds, the
+    workers fetch only the rest (as row spans), and old bundles outside the plan are kept."""
+    tiles = _band()
+    output = tmp_path / "band.tpkx"
+    with TileServer(tiles | {(2, 1, 1): solid_png((9, 9, 9))}, service=_service()) as srv:
+        base = ["run", "--service", srv.url, "--output", str(output), "--json"]
+        assert cli(*base, "--levels", "2", "--aoi", "2=bbox:-1,-1,1,1@4326").code == 0
+        left = json.loads(cli(*base, "--levels", str(LEVEL), "--aoi",  # columns 128-255
+                              "bbox:-90,4.3,-0.5,11.1@4326", "--mode", "merge").stdout)
+        assert left["status"] == "completed"
+        before = dict(srv.requests)
+        merged = cli(*base, "--levels", str(LEVEL), "--aoi", BBOX, "--mode", "merge",
+                     "--executor", "dask", "--scheduler", scheduler)
+        assert merged.code == 0, merged.stderr
+        asked = {p for p, n in srv.requests.items() if "/tile/" in p and n > before.get(p, 0)}
+    report = json.loads(merged.stdout)
+    held = {k for k in tiles if k[2] < 256}  # the left half, exported by the first merge
+    assert asked == {srv.tile_path(*k) for k in tiles if k not in held}
+    # kept: the held half, and the level-2 tile copied with its bundle (outside the plan)
+    assert report["tiles_kept"] == len(held) + 1
+    assert report["tiles_written"] == len(tiles) - len(held)
+    got = _tiles(output)
+    assert got == tiles | {(2, 1, 1): solid_png((9, 9, 9))}  # level 2 kept, outside the plan
