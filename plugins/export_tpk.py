@@ -30,7 +30,7 @@ from cacheorch.formats.rootjson import wgs84_bounds
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, Exporter
 from cacheorch.formats.blank import BlankCounter
 from cacheorch.plugins._export_common import BlankOptions, BundleGuard, SkippingSink
-from cacheorch.plugins._staging import StagedBundle, export_extent, fsync_dir, title_of
+from cacheorch.plugins._staging import StagedBundle, export_extent, title_of
 from cacheorch.plugins.export_tpkx import TpkxSession, _zip_info, thumbnail_png
 
 __all__ = ["TpkExporter", "TpkSession", "MAP_FOLDER", "cacheorch_register_exporters"]

@@ -6,7 +6,6 @@ level's tiles less the 404s, byte-identical to what the server sent, where GDAL 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import sqlite3
-import sys
-import textwrap
 from pathlib import Path
 
 import click
@@ -13,7 +11,7 @@ from cacheorch import hookimpl
 from cacheorch.errors import PluginConflictError, PluginError, UnknownPluginError
 from cacheorch.events import BundleDone, JobFinished, emit
 from cacheorch.interfaces import Exporter, SelectionPolicy
-from cacheorch.pluginmanager import DEFAULT_PLUGINS, get_plugins, make_plugins
+from cacheorch.pluginmanager import DEFAULT_PLUGINS, make_plugins
 
 
 def test_builtins_are_registered_by_dotted_name() -> None:

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from _gdal import colour_of, solid_png
 from _tileserver import TileServer
@@ -44,7 +43,7 @@ def _bundles_done(catalog: Path) -> int:
 
 
 def test_sigkill_then_resume_skips_finished_bundles(tmp_path: Path, cli) -> None:
-    scheme = web_mercator_scheme(LEVEL)
+    web_mercator_scheme(LEVEL)
     tiles = {(LEVEL, r, c): solid_png(colour_of(LEVEL, r, c)) for r in range(240, 250)
              for c in range(512)}
     catalog = Path(os.environ["CACHEORCH_CATALOG"])

@@ -125,7 +125,6 @@ def test_default_output_names_are_sanitised(name: str, expected: str) -> None:
 
 
 def test_a_hostile_service_name_cannot_place_the_output_elsewhere(cli, tmp_path: Path) -> None:
-    sr = {"wkid": 102100, "latestWkid": 3857}
     service = _service() | {"mapName": "../../../escaped", "tileInfo": web_mercator_scheme(1).to_json()}
     tiles = {(1, r, c): solid_png(colour_of(1, r, c)) for r in range(2) for c in range(2)}
     work = tmp_path / "a" / "b" / "c"

@@ -252,7 +252,7 @@ def test_a_truncated_v1_bundle_and_a_missing_bundlx_fail(tmp_path):
              (3, 0, 0): solid_png((3, 3, 3))}
     folder = _v1_folder(tmp_path / "Layers", tiles)
     l2 = folder / "_alllayers" / "L02" / "R0000C0000.bundle"
-    with open_cache(folder) as cache:
+    with open_cache(folder):
         offsets = {rc: BundleV1Reader.from_paths(l2).offset(*rc) for rc in [(0, 0), (0, 1)]}
     last = max(offsets, key=offsets.get)
     first = min(offsets, key=offsets.get)
