@@ -252,10 +252,6 @@ def fetch_all_dask(run: _Run, skip: dict[BundleKey, int], *, window: int | None 
     credentials = Credentials.of(run.connection, threads)
     if window is None:
         window = max(2, _TASKS_PER_THREAD * threads)
-    if getattr(run, "repair", None):
-        log.warning("resume --failed: the dask executor fetches the %d bundle(s) with failed "
-                    "tiles whole", len(run.repair))
-        run.repair = {}
     writer = BundleWriterThread(run.session, run._bundle_done)
     run.writer = writer  # a merge copies the tiles the existing output holds through it
     futures = distributed.as_completed(loop=client.loop)
@@ -327,13 +323,20 @@ def fetch_all_dask(run: _Run, skip: dict[BundleKey, int], *, window: int | None 
 def _to_fetch(run: Any, skip: dict[BundleKey, int]) -> Iterator[tuple[BundlePlan, BundlePlan]]:
     """(bundle, what of it the workers fetch) for every bundle still to do.
 
-    Without a merge that is the whole bundle. With ``--mode merge`` the tiles the existing output
+    For ``resume --failed`` it is the failed tiles of a bundle whose staged copy is whole (the
+    copy's good tiles go to the writer here, ``_Run._repair_keys``). Otherwise, without a merge,
+    it is the whole bundle. With ``--mode merge`` the tiles the existing output
     holds are copied here, on the client, through the job's writer (``_Run._merge_keys``), and
     the workers get only the rest, as row spans; once every planned bundle is out, the existing
     bundles outside the plan are copied whole, as the local executor does.
     """
     for bundle in run._todo(skip):
         key = (bundle.level, bundle.bundle_row, bundle.bundle_col)
+        repair = run._repair_keys(key, bundle)  # resume --failed: only the failed tiles
+        if repair is not None:
+            yield bundle, BundlePlan(bundle.level, bundle.bundle_row, bundle.bundle_col,
+                                     _spans_of(repair))
+            continue
         if run.merge is None or key not in run.merge.bundles:
             yield bundle, bundle
             continue

@@ -276,3 +276,24 @@ def test_dask_merge_fetches_only_what_the_output_lacks(tmp_path: Path, cli, sche
     assert report["tiles_written"] == len(tiles) - len(held)
     got = _tiles(output)
     assert got == tiles | {(2, 1, 1): solid_png((9, 9, 9))}  # level 2 kept, outside the plan
+
+
+def test_dask_resume_failed_fetches_only_the_failed_tiles(tmp_path: Path, cli, scheduler: str
+                                                          ) -> None:
+    """resume --failed on the cluster: the staged bundle's good tiles are kept on the client and
+    the workers are asked for the failed tiles alone."""
+    tiles = _band()
+    output = tmp_path / "band.tpkx"
+    failing = {(LEVEL, 245, 200), (LEVEL, 246, 370)}
+    with TileServer(tiles, service=_service(), fail_always=failing) as srv:
+        first = cli("run", "--service", srv.url, "--levels", str(LEVEL), "--aoi", BBOX,
+                    "--output", str(output), "--executor", "dask", "--scheduler", scheduler,
+                    "--json")
+        assert first.code == 1 and json.loads(first.stdout)["tiles_failed"] == 2, first.stderr
+        srv.fail_always.clear()
+        before = dict(srv.requests)
+        again = cli("resume", str(json.loads(first.stdout)["job_id"]), "--failed", "--json")
+        assert again.code == 0, again.stderr
+        refetched = {p for p, n in srv.requests.items() if "/tile/" in p and n > before.get(p, 0)}
+    assert refetched == {srv.tile_path(*k) for k in failing}
+    assert _tiles(output) == tiles
