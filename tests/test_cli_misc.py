@@ -78,3 +78,10 @@ def test_the_example_config_parses() -> None:
     assert spec.service.endswith("/World_Street_Map/MapServer")
     assert [a.spec for a in spec.areas][0] == "extent"
     assert spec.exporter.name == "tpkx"
+    country = job_spec_from(config, "country", {})
+    assert [p.name for p in country.policies] == ["max-tiles", "exclude"]
+    assert country.exporter.name == "gpkg" and country.exporter.options == {"skip_blank": "true"}
+    assert (country.mode, country.workers, country.max_rps, country.max_failure_rate,
+            country.failure_window, country.tilemap) == ("merge", 16, 200.0, 0.5, 200, None)
+    assert country.areas[1].spec == f"layer:{ROOT / 'data' / 'parcels.gpkg'}#lots"
+    assert config.areas["near-roads"]["spec"] == "500m:roads.geojson"
