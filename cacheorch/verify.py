@@ -24,7 +24,6 @@ import os
 import sqlite3
 import struct
 import zipfile
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,18 +32,20 @@ from typing import TYPE_CHECKING, Any
 from cacheorch.errors import CacheorchError, FormatError
 from cacheorch.formats.bundle import (
     FIRST_TILE, HEADER, HEADER_SIZE, INDEX_ENTRIES, INDEX_SIZE, SPEC_RECORD_COUNT, bundle_name,
-    decode_entry, level_folder,
+    decode_entry, index_from_bytes, level_folder,
 )
 from cacheorch.formats.bundle_v1 import (
     BUNDLX_FOOTER, BUNDLX_HEADER, BUNDLX_HEADER_SIZE, BUNDLX_SIZE, V1_FIRST_RECORD, V1_HEADER,
-    V1_HEADER_SIZE, bundlx_name,
+    V1_HEADER_SIZE, bundlx_name, parse_bundlx,
 )
+from cacheorch.formats.cache import _pread  # os.pread, or seek + read where there is none
 from cacheorch.formats.confxml import COMPACT_V1, COMPACT_V2
 from cacheorch.formats.png import JPEG_MAGIC, PNG_MAGIC
 from cacheorch.tiling import BUNDLE_SIZE, TilingScheme
 
 if TYPE_CHECKING:
     from cacheorch.formats.cache import TileCache
+    from cacheorch.formats.tpk import Span
 
 __all__ = ["Defect", "LevelTally", "VerifyReport", "BundleSink", "register_checker", "CHECKERS",
            "image_kind", "verify_output", "compare_with_job", "DefectsFound",
@@ -190,11 +191,7 @@ class _Bytes:
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes in range; the caller checks bounds first, so a short read means the file shrank."""
-        if hasattr(os, "pread"):
-            data = os.pread(self._fd, size, self.base + offset)
-        else:
-            os.lseek(self._fd, self.base + offset, os.SEEK_SET)
-            data = os.read(self._fd, size)
+        data = _pread(self._fd, size, self.base + offset)
         if len(data) != size:
             raise FormatError(f"short read at {offset} ({len(data)} of {size} bytes): the file "
                               "changed while it was read")
@@ -204,14 +201,9 @@ class _Bytes:
         os.close(self._fd)
 
 
-def _spans(cache: TileCache, key: _BundleKey) -> tuple[Any, Any] | None:
-    """(bundle span, bundlx span or None) exactly where :func:`open_cache` reads them.
-
-    Why reach into the cache's layout: verify must read the same bytes a client reads, found the
-    same way (conf.xml or root.json, tileBundlesPath, package members), not a second guess of it.
-    """
-    locate = getattr(getattr(cache, "_layout", None), "_locate", None)
-    return None if locate is None else locate(key)
+def _spans(cache: TileCache, key: _BundleKey) -> tuple[Span, Span | None] | None:
+    """(bundle span, bundlx span or None) exactly where :func:`open_cache` reads them."""
+    return cache.bundle_spans(*key)
 
 
 def bundle_presence(cache: TileCache, level: int, bundle_row: int, bundle_col: int
@@ -242,19 +234,13 @@ def bundle_presence(cache: TileCache, level: int, bundle_row: int, bundle_col: i
         if cache.storage_format == COMPACT_V2:
             if src.length < HEADER_SIZE + INDEX_SIZE:
                 raise FormatError(f"{where}: truncated ({src.length} bytes)")
-            index = array("Q")
-            index.frombytes(src.read(HEADER_SIZE, INDEX_SIZE))
-            if struct.pack("=H", 1) != struct.pack("<H", 1):
-                index.byteswap()
-            for slot, value in enumerate(index):
-                if value >> 40:
-                    flags[slot] = 1
-            return flags
+            index = index_from_bytes(src.read(HEADER_SIZE, INDEX_SIZE), where)
+            return bytearray(1 if value >> 40 else 0 for value in index)
         if src.length < BUNDLX_SIZE - 16:
             raise FormatError(f"{where}x: {src.length} bytes; a bundlx has {BUNDLX_SIZE}")
-        body = src.read(BUNDLX_HEADER_SIZE, 5 * INDEX_ENTRIES)
-        for slot in range(INDEX_ENTRIES):  # column-major: slot = col * 128 + row
-            if int.from_bytes(body[5 * slot:5 * slot + 5], "little") >= V1_FIRST_RECORD:
+        offsets = parse_bundlx(src.read(0, BUNDLX_SIZE - 16), f"{where}x")
+        for slot, offset in enumerate(offsets):  # column-major: slot = col * 128 + row
+            if offset >= V1_FIRST_RECORD:
                 flags[(slot % BUNDLE_SIZE) * BUNDLE_SIZE + slot // BUNDLE_SIZE] = 1
         return flags
     finally:
@@ -310,10 +296,7 @@ def _v2_tiles(src: _Bytes, key: _BundleKey, sink: BundleSink) -> Iterator[tuple[
         if file_size != length:
             sink.bundle(f"header file size {file_size} but the bundle has {length} bytes"
                         + (" (truncated)" if length < file_size else ""))
-        index = array("Q")
-        index.frombytes(src.read(HEADER_SIZE, INDEX_SIZE))
-        if struct.pack("=H", 1) != struct.pack("<H", 1):
-            index.byteswap()
+        index = index_from_bytes(src.read(HEADER_SIZE, INDEX_SIZE), sink.where)
         _, brow, bcol = key
         largest = 0
         for slot in range(INDEX_ENTRIES):
@@ -394,11 +377,7 @@ def _v1_tiles(src: _Bytes, xsrc: _Bytes, key: _BundleKey, sink: BundleSink
         if (row_start, row_end, col_start, col_end) != (brow, brow + 127, bcol, bcol + 127):
             sink.bundle(f"header row/col range {row_start}-{row_end}/{col_start}-{col_end} does not "
                         f"match the bundle name ({brow}-{brow + 127}/{bcol}-{bcol + 127})")
-        body = raw[BUNDLX_HEADER_SIZE:BUNDLX_HEADER_SIZE + 5 * INDEX_ENTRIES]
-        wide = bytearray(8 * INDEX_ENTRIES)
-        for byte in range(5):
-            wide[byte::8] = body[byte::5]
-        offsets = struct.unpack(f"<{INDEX_ENTRIES}Q", wide)
+        offsets = parse_bundlx(raw, f"{sink.where}x")
         found = largest = 0
         for r in range(BUNDLE_SIZE):
             for c in range(BUNDLE_SIZE):
@@ -494,8 +473,7 @@ def _where(key: _BundleKey, storage: str) -> str:
     return f"{level_folder(key[0])}/block R{key[1]:04x}C{key[2]:04x}"
 
 
-def _check_levels(cache: TileCache, scheme: TilingScheme, found: list[int], report: VerifyReport
-                  ) -> None:
+def _check_levels(scheme: TilingScheme, found: list[int], report: VerifyReport) -> None:
     known = set(scheme.levels)
     for level in found:
         if level not in known:
@@ -538,7 +516,7 @@ def verify_output(path: str | os.PathLike[str]) -> VerifyReport:
         report.storage = cache.storage_label
         scheme = cache.scheme
         keys = list(cache.bundle_keys())
-        _check_levels(cache, scheme, sorted({k[0] for k in keys}), report)
+        _check_levels(scheme, sorted({k[0] for k in keys}), report)
         checker = CHECKERS.get(cache.storage_format)
         for key in keys:
             _verify_bundle(cache, scheme, key, checker, report)

@@ -32,7 +32,7 @@ __all__ = [
     "HEADER", "HEADER_SIZE", "INDEX_SIZE", "INDEX_ENTRIES", "FIRST_RECORD", "FIRST_TILE",
     "MAX_TILE_BYTES", "EMPTY_ENTRY", "ARCGIS_RECORD_COUNT", "SPEC_RECORD_COUNT", "BundleHeader",
     "bundle_name", "level_folder",
-    "parse_bundle_name", "index_slot", "decode_entry", "read_header", "read_index",
+    "parse_bundle_name", "index_slot", "decode_entry", "read_header", "read_index", "index_from_bytes",
     "BundleWriter", "BundleReader",
 ]
 
@@ -126,10 +126,11 @@ def read_index(f: BinaryIO, where: str | None = None) -> array:
     f.seek(0)
     name = where or str(getattr(f, "name", "bundle"))
     read_header(f.read(HEADER_SIZE), name)
-    return _index_from_bytes(f.read(INDEX_SIZE), name)
+    return index_from_bytes(f.read(INDEX_SIZE), name)
 
 
-def _index_from_bytes(raw: bytes, where: str) -> array:
+def index_from_bytes(raw: bytes, where: str) -> array:
+    """The 16384 index entries (u64, host order) from the 131072 index bytes."""
     if len(raw) != INDEX_SIZE:
         raise FormatError(f"{where}: truncated index ({len(raw)} of {INDEX_SIZE} bytes)")
     index = array("Q")
@@ -164,42 +165,71 @@ def _writev_all(fd: int, buffers: list[bytes]) -> None:
         rest = rest[os.write(fd, rest):]
 
 
-class BundleWriter:
-    """Writes one bundle incrementally: tile bytes go to disk as they arrive, only the index is kept.
-
-    Memory stays flat (128 KiB of index, up to 1 MiB of tiles queued for one write) however large
-    the bundle grows. The header and index are written
-    last, by :meth:`finish`; until then the file is not a valid bundle, which is why exporters write
-    it under a temporary name.
+class _RecordWriter:
+    """What both bundle writers (V2 here, V1 in :mod:`bundle_v1`) share: the file opened with a
+    zeroed placeholder for header and index, length-prefixed records queued and written out with
+    ``writev``, and :meth:`abort`, which deletes the partial files. Subclasses keep the index and
+    write it in ``finish``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], bundle_row: int, bundle_col: int, *,
-                 record_count: int = ARCGIS_RECORD_COUNT) -> None:
+    def __init__(self, path: str | os.PathLike[str], bundle_row: int, bundle_col: int,
+                 placeholder: int) -> None:
         if bundle_row % BUNDLE_SIZE or bundle_col % BUNDLE_SIZE or bundle_row < 0 or bundle_col < 0:
             raise ValueError(f"bundle origin ({bundle_row}, {bundle_col}) is not a non-negative "
                              f"multiple of {BUNDLE_SIZE}")
         self.path = Path(path)
         self.bundle_row = bundle_row
         self.bundle_col = bundle_col
-        self.record_count = record_count
-        self._index = array("Q", [EMPTY_ENTRY]) * INDEX_ENTRIES
         self._largest = 0
         self._count = 0
-        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in finish/abort
-        try:
-            # Placeholder for header and index so tile records start where ArcGIS puts them.
-            self._file.write(bytes(FIRST_RECORD))
-        except BaseException:
-            self.abort()
-            raise
-        self._end = FIRST_RECORD
         #: Length prefixes and tiles not yet written (references, not copies).
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in finish/abort
+        try:
+            # Placeholder for header and index so tile records start where ArcGIS puts them.
+            self._file.write(bytes(placeholder))
+        except BaseException:
+            self.abort()
+            raise
+        self._end = placeholder
 
     @property
     def tile_count(self) -> int:
         return self._count
+
+    def _open_file(self) -> BinaryIO:
+        if self._file is None:
+            raise ExportError(f"{self.path.name}: bundle already finished or aborted")
+        return self._file
+
+    def _check_cell(self, row: int, col: int, data: bytes) -> int:
+        """The tile's size, once its cell lies in this bundle and it is not empty."""
+        self._open_file()
+        if not (self.bundle_row <= row < self.bundle_row + BUNDLE_SIZE
+                and self.bundle_col <= col < self.bundle_col + BUNDLE_SIZE):
+            raise ExportError(f"tile row {row} col {col} is outside bundle {self.path.name} "
+                              f"(rows {self.bundle_row}-{self.bundle_row + BUNDLE_SIZE - 1}, cols "
+                              f"{self.bundle_col}-{self.bundle_col + BUNDLE_SIZE - 1})")
+        size = len(data)
+        if size == 0:
+            raise ExportError(f"tile row {row} col {col} is empty; a bundle cannot store a 0-byte tile")
+        return size
+
+    def _append(self, data: bytes) -> int:
+        """Queue one record (u32 length prefix, then the bytes); return where its prefix starts."""
+        size = len(data)
+        at = self._end
+        pending = self._pending
+        pending.append(_LENGTH.pack(size))
+        pending.append(data)
+        self._pending_bytes += size + 4
+        if self._pending_bytes >= _FLUSH_BYTES or len(pending) >= _FLUSH_BUFFERS:
+            self._flush_pending()
+        self._end = at + 4 + size
+        self._largest = max(self._largest, size)
+        self._count += 1
+        return at
 
     def _flush_pending(self) -> None:
         """Write the queued prefixes and tiles with as few system calls as the OS allows.
@@ -211,24 +241,59 @@ class BundleWriter:
         pending = self._pending
         if not pending:
             return
-        assert self._file is not None
-        self._file.flush()
-        _writev_all(self._file.fileno(), pending)
+        f = self._open_file()
+        f.flush()
+        _writev_all(f.fileno(), pending)
         pending.clear()
         self._pending_bytes = 0
 
+    def _partial_paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+    def abort(self) -> None:
+        """Close and delete the partial file(s)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+        for path in self._partial_paths():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> _RecordWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self._file is not None:
+            self.finish()
+
+    def finish(self) -> int:
+        raise NotImplementedError
+
+
+class BundleWriter(_RecordWriter):
+    """Writes one bundle incrementally: tile bytes go to disk as they arrive, only the index is kept.
+
+    Memory stays flat (128 KiB of index, up to 1 MiB of tiles queued for one write) however large
+    the bundle grows. The header and index are written
+    last, by :meth:`finish`; until then the file is not a valid bundle, which is why exporters write
+    it under a temporary name.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], bundle_row: int, bundle_col: int, *,
+                 record_count: int = ARCGIS_RECORD_COUNT) -> None:
+        self.record_count = record_count
+        self._index = array("Q", [EMPTY_ENTRY]) * INDEX_ENTRIES
+        super().__init__(path, bundle_row, bundle_col, FIRST_RECORD)
+
     def add(self, row: int, col: int, data: bytes) -> None:
         """Append one tile (absolute row and column) exactly as given."""
-        if self._file is None:
-            raise ExportError(f"{self.path.name}: bundle already finished or aborted")
-        if not (self.bundle_row <= row < self.bundle_row + BUNDLE_SIZE
-                and self.bundle_col <= col < self.bundle_col + BUNDLE_SIZE):
-            raise ExportError(f"tile row {row} col {col} is outside bundle {self.path.name} "
-                              f"(rows {self.bundle_row}-{self.bundle_row + BUNDLE_SIZE - 1}, cols "
-                              f"{self.bundle_col}-{self.bundle_col + BUNDLE_SIZE - 1})")
-        size = len(data)
-        if size == 0:
-            raise ExportError(f"tile row {row} col {col} is empty; a bundle cannot store a 0-byte tile")
+        size = self._check_cell(row, col, data)
         if size > MAX_TILE_BYTES:
             raise ExportError(f"tile row {row} col {col} has {size} bytes; a Compact V2 bundle holds "
                               f"at most {MAX_TILE_BYTES} bytes per tile")
@@ -238,22 +303,12 @@ class BundleWriter:
         offset = self._end + 4
         if offset + size > _OFFSET_MASK:
             raise ExportError(f"{self.path.name}: bundle would exceed 1 TiB, the format's limit")
-        pending = self._pending
-        pending.append(_LENGTH.pack(size))
-        pending.append(data)
-        self._pending_bytes += size + 4
-        if self._pending_bytes >= _FLUSH_BYTES or len(pending) >= _FLUSH_BUFFERS:
-            self._flush_pending()
-        self._end = offset + size
+        self._append(data)
         self._index[slot] = offset | (size << 40)
-        self._largest = max(self._largest, size)
-        self._count += 1
 
     def finish(self) -> int:
         """Write header and index, flush and fsync; return the file size in bytes."""
-        if self._file is None:
-            raise ExportError(f"{self.path.name}: bundle already finished or aborted")
-        f = self._file
+        f = self._open_file()
         try:
             self._flush_pending()
             header = HEADER.pack(
@@ -284,26 +339,8 @@ class BundleWriter:
         self._file = None
         return self._end
 
-    def abort(self) -> None:
-        """Close and delete the partial file."""
-        if self._file is not None:
-            try:
-                self._file.close()
-            finally:
-                self._file = None
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-
     def __enter__(self) -> BundleWriter:
         return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None:
-            self.abort()
-        elif self._file is not None:
-            self.finish()
 
 
 class BundleReader:
@@ -337,7 +374,7 @@ class BundleReader:
         self.bundle_col = parsed[1] if bundle_col is None else bundle_col
         try:
             self.header = read_header(self._read(0, HEADER_SIZE), self.name)
-            self.index = _index_from_bytes(self._read(HEADER_SIZE, INDEX_SIZE), self.name)
+            self.index = index_from_bytes(self._read(HEADER_SIZE, INDEX_SIZE), self.name)
         except BaseException:
             self.close()
             raise

@@ -18,10 +18,9 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from cacheorch.errors import ExportError, FormatError
-from cacheorch.formats.bundle import parse_bundle_name
+from cacheorch.formats.bundle import _RecordWriter, parse_bundle_name
 from cacheorch.tiling import BUNDLE_SIZE
 
 __all__ = [
@@ -192,7 +191,7 @@ class BundleV1Reader:
                     yield (self.bundle_row + r, self.bundle_col + c, data)
 
 
-class BundleV1Writer:
+class BundleV1Writer(_RecordWriter):
     """Writes one V1 bundle and its bundlx incrementally, the way ArcGIS lays them out.
 
     Tile records are appended as they arrive (memory holds only the 16384 offsets); :meth:`finish`
@@ -204,59 +203,29 @@ class BundleV1Writer:
 
     def __init__(self, bundle_path: str | os.PathLike[str], bundlx_path: str | os.PathLike[str],
                  bundle_row: int, bundle_col: int) -> None:
-        if bundle_row % BUNDLE_SIZE or bundle_col % BUNDLE_SIZE or bundle_row < 0 or bundle_col < 0:
-            raise ValueError(f"bundle origin ({bundle_row}, {bundle_col}) is not a non-negative "
-                             f"multiple of {BUNDLE_SIZE}")
-        self.path = Path(bundle_path)
         self.bundlx_path = Path(bundlx_path)
-        self.bundle_row = bundle_row
-        self.bundle_col = bundle_col
         self._offsets: list[int] = [V1_HEADER_SIZE + 4 * slot for slot in range(_ENTRIES)]
         self._filled = bytearray(_ENTRIES)
-        self._largest = 0
-        self._count = 0
-        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in finish/abort
-        try:
-            self._file.write(bytes(V1_FIRST_RECORD))  # header + zero size table, filled in finish
-        except BaseException:
-            self.abort()
-            raise
-        self._end = V1_FIRST_RECORD
-
-    @property
-    def tile_count(self) -> int:
-        return self._count
+        # header + zero size table, filled in finish
+        super().__init__(bundle_path, bundle_row, bundle_col, V1_FIRST_RECORD)
 
     def add(self, row: int, col: int, data: bytes) -> None:
         """Append one tile (absolute row and column) exactly as given."""
-        if self._file is None:
-            raise ExportError(f"{self.path.name}: bundle already finished or aborted")
-        if not (self.bundle_row <= row < self.bundle_row + BUNDLE_SIZE
-                and self.bundle_col <= col < self.bundle_col + BUNDLE_SIZE):
-            raise ExportError(f"tile row {row} col {col} is outside bundle {self.path.name}")
-        size = len(data)
-        if size == 0:
-            raise ExportError(f"tile row {row} col {col} is empty; a bundle cannot store a 0-byte tile")
+        size = self._check_cell(row, col, data)
         if size > _MAX_TILE or self._end + 4 + size > _MAX_OFFSET:
             raise ExportError(f"{self.path.name}: tile row {row} col {col} ({size} bytes) exceeds "
                               "what a Compact V1 bundle can address")
         slot = bundlx_slot(row, col)
         if self._filled[slot]:
             raise ExportError(f"tile row {row} col {col} was added twice to {self.path.name}")
-        self._file.write(_U32.pack(size))
-        self._file.write(data)
-        self._offsets[slot] = self._end  # V1: the offset points at the size prefix
+        self._offsets[slot] = self._append(data)  # V1: the offset points at the size prefix
         self._filled[slot] = 1
-        self._end += 4 + size
-        self._largest = max(self._largest, size)
-        self._count += 1
 
     def finish(self) -> int:
         """Write the header and the bundlx, flush and fsync both; return the bundle's size."""
-        if self._file is None:
-            raise ExportError(f"{self.path.name}: bundle already finished or aborted")
-        f = self._file
+        f = self._open_file()
         try:
+            self._flush_pending()
             header = V1_HEADER.pack(3, _ENTRIES, self._largest, 5, 4 * self._count, self._end,
                                     40, 16, self.bundle_row, self.bundle_row + BUNDLE_SIZE - 1,
                                     self.bundle_col, self.bundle_col + BUNDLE_SIZE - 1)
@@ -279,15 +248,8 @@ class BundleV1Writer:
         self._file = None
         return self._end + BUNDLX_SIZE
 
-    def abort(self) -> None:
-        """Close and delete both partial files."""
-        if self._file is not None:
-            try:
-                self._file.close()
-            finally:
-                self._file = None
-        for path in (self.path, self.bundlx_path):
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
+    def _partial_paths(self) -> tuple[Path, ...]:
+        return (self.path, self.bundlx_path)
+
+    def __enter__(self) -> BundleV1Writer:
+        return self

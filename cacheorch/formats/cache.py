@@ -19,16 +19,15 @@ import re
 import struct
 import threading
 import zipfile
-from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cacheorch.errors import FormatError
 from cacheorch.formats.bundle import (
-    HEADER_SIZE, INDEX_SIZE, bundle_name, decode_entry, index_slot, level_folder, parse_bundle_name,
-    read_header,
+    HEADER_SIZE, INDEX_SIZE, bundle_name, decode_entry, index_from_bytes, index_slot, level_folder,
+    parse_bundle_name, read_header,
 )
 from cacheorch.formats.bundle_v1 import BundleV1Reader, bundlx_name
 from cacheorch.formats.confxml import (
@@ -40,6 +39,9 @@ from cacheorch.formats.locate import CacheLocation, find_ci, find_conf_xml, loca
 from cacheorch.formats.rootjson import read_root_json, root_json_storage
 from cacheorch.formats.tpk import Span, TilePackage
 from cacheorch.tiling import BUNDLE_SIZE, Envelope, TilingScheme
+
+if TYPE_CHECKING:
+    from cacheorch.formats.sqlitetiles import SqliteBundle
 
 __all__ = ["TileCache", "BundleView", "open_cache", "find_conf_xml", "STORAGE_LABELS"]
 
@@ -155,10 +157,7 @@ class _V2View(BundleView):
         return self._read(offset, size) if size else None
 
     def tiles(self) -> Iterator[tuple[int, int, bytes]]:
-        index = array("Q")
-        index.frombytes(self._read(HEADER_SIZE, INDEX_SIZE))
-        if struct.pack("=H", 1) != struct.pack("<H", 1):  # big-endian host
-            index.byteswap()
+        index = index_from_bytes(self._read(HEADER_SIZE, INDEX_SIZE), self.what)
         _, brow, bcol = self.key
         for slot, value in enumerate(index):
             offset, size = decode_entry(value)
@@ -186,8 +185,10 @@ class _V1View(BundleView):
         self._release = _nothing
 
 
-class _ExplodedView(BundleView):
-    def __init__(self, bundle: ExplodedBundle) -> None:
+class _DelegateView(BundleView):
+    """A bundle object of another module (exploded block, SQLite range) as a BundleView."""
+
+    def __init__(self, bundle: ExplodedBundle | SqliteBundle) -> None:
         self._bundle = bundle
 
     def get(self, row: int, col: int) -> bytes | None:
@@ -223,6 +224,10 @@ class _Layout(abc.ABC):
         """The levels holding at least one bundle."""
         return {key[0] for key in self.bundle_keys()}
 
+    def locate(self, key: _BundleKey) -> tuple[Span, Span | None] | None:
+        """(bundle span, bundlx span or None) of a Compact bundle; None for other layouts."""
+        return None
+
     def close(self) -> None:
         """Release what the layout holds (the descriptors belong to the cache)."""
 
@@ -241,6 +246,9 @@ class _CompactLayout(_Layout):
         self.storage_format = storage_format
         self._locate = locate
         self._keys = keys
+
+    def locate(self, key: _BundleKey) -> tuple[Span, Span | None] | None:
+        return self._locate(key)
 
     def open_bundle(self, key: _BundleKey) -> BundleView | None:
         found = self._locate(key)
@@ -296,7 +304,7 @@ class _ExplodedLayout(_Layout):
 
     def open_bundle(self, key: _BundleKey) -> BundleView | None:
         bundle = self.cache.open_bundle(*key)
-        return None if bundle is None else _ExplodedView(bundle)
+        return None if bundle is None else _DelegateView(bundle)
 
     def get_tile(self, level: int, row: int, col: int) -> bytes | None:
         return self.cache.get(level, row, col)  # direct opens: no folder listing per request
@@ -425,6 +433,19 @@ class TileCache:
         if bundle_row < 0 or bundle_col < 0:
             return None
         return self._layout.open_bundle((level, bundle_row, bundle_col))
+
+    def bundle_spans(self, level: int, bundle_row: int, bundle_col: int
+                     ) -> tuple[Span, Span | None] | None:
+        """Where a Compact V1/V2 bundle's bytes lie: (bundle span, bundlx span or None).
+
+        For ``verify``, which must read the raw bytes a client reads, found the same way (conf.xml
+        or root.json, tileBundlesPath, package members). None when the cache has no such bundle
+        or does not keep tiles in bundles (exploded, SQLite). A span may name a file that no
+        longer exists (a folder cache being rewritten): opening it raises FileNotFoundError.
+        """
+        if bundle_row < 0 or bundle_col < 0:
+            return None
+        return self._layout.locate((level, bundle_row, bundle_col))
 
     def bundle_keys(self) -> Iterator[tuple[int, int, int]]:
         """(level, bundle_row, bundle_col) of every bundle (exploded: each block with a tile), sorted."""

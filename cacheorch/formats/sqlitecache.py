@@ -7,14 +7,13 @@ needs to know that the tiles live in SQLite.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 from cacheorch.errors import FormatError
-from cacheorch.formats.cache import BundleView, TileCache, _Files, _Layout
+from cacheorch.formats.cache import BundleView, TileCache, _DelegateView, _Files, _Layout
 from cacheorch.formats.gpkg import is_geopackage, open_gpkg_tiles, read_gpkg_scheme
 from cacheorch.formats.mbtiles import is_mbtiles, open_mbtiles_tiles, read_mbtiles_scheme
-from cacheorch.formats.sqlitetiles import SqliteBundle, SqliteTiles, connect_readonly, is_sqlite
+from cacheorch.formats.sqlitetiles import SqliteTiles, connect_readonly, is_sqlite
 from cacheorch.tiling import Envelope, SpatialReference
 
 __all__ = ["MBTILES", "GEOPACKAGE", "is_sqlite", "open_sqlite_cache"]
@@ -24,24 +23,13 @@ MBTILES = "MBTiles"
 GEOPACKAGE = "GeoPackage"
 
 
-class _SqliteView(BundleView):
-    def __init__(self, bundle: SqliteBundle) -> None:
-        self._bundle = bundle
-
-    def get(self, row: int, col: int) -> bytes | None:
-        return self._bundle.get(row, col)
-
-    def tiles(self) -> Iterator[tuple[int, int, bytes]]:
-        return self._bundle.tiles()
-
-
 class _SqliteLayout(_Layout):
     def __init__(self, tiles: SqliteTiles, storage_format: str) -> None:
         self.tiles = tiles
         self.storage_format = storage_format
 
     def open_bundle(self, key: tuple[int, int, int]) -> BundleView | None:
-        return _SqliteView(self.tiles.open_bundle(*key))
+        return _DelegateView(self.tiles.open_bundle(*key))
 
     def get_tile(self, level: int, row: int, col: int) -> bytes | None:
         return self.tiles.get(level, row, col)
