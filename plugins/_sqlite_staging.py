@@ -24,7 +24,7 @@ from cacheorch.errors import ExportError, OutputExistsError
 from cacheorch.formats.blank import BlankCounter
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, staging_path
 from cacheorch.plugins._export_common import BundleGuard
-from cacheorch.plugins._staging import MARKER, atomic_write, fsync_dir
+from cacheorch.plugins._staging import MARKER, atomic_write, check_marker, fsync_dir
 from cacheorch.tiling import BUNDLE_SIZE
 
 __all__ = ["TileStore", "SqliteStagingSession", "STAGED_DB"]
@@ -136,13 +136,7 @@ class SqliteStagingSession(ExportSession):
     def _prepare(self) -> sqlite3.Connection:
         marker = self.staging / MARKER
         try:
-            if self.staging.is_dir() and marker.is_file():
-                found = json.loads(marker.read_text("utf-8"))
-                if found != self._marker():
-                    raise ExportError(
-                        f"{self.staging} holds a partial export of another service or format "
-                        f"({found.get('exporter')}, grid {found.get('scheme')}); remove it to "
-                        f"start over")
+            check_marker(marker, self._marker())
             self.staging.mkdir(parents=True, exist_ok=True)
             if not marker.is_file():
                 atomic_write(marker, json.dumps(self._marker()).encode())

@@ -11,17 +11,18 @@ import json
 import logging
 import os
 import shutil
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cacheorch.errors import ExportError, OutputExistsError
+from cacheorch.formats.blank import BlankCounter
 from cacheorch.formats.bundle import BundleWriter, bundle_name, level_folder
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, staging_path
-from cacheorch.tiling import BUNDLE_SIZE, Envelope, LevelOfDetail, SpatialReference
+from cacheorch.plugins._export_common import BundleGuard, SkippingSink
+from cacheorch.tiling import Envelope, LevelOfDetail, SpatialReference
 
 __all__ = ["STAGING_SUFFIX", "MARKER", "staging_path", "fsync_dir", "atomic_write",
-           "StagedBundle", "StagingSession", "export_extent", "listed_lods", "title_of"]
+           "check_marker", "StagedBundle", "StagingSession", "export_extent", "listed_lods", "title_of"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,17 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def check_marker(marker_path: Path, expected: dict[str, str]) -> None:
+    """Refuse a staging folder whose marker names another exporter or grid (none yet is fine)."""
+    if not marker_path.is_file():
+        return
+    found = json.loads(marker_path.read_text("utf-8"))
+    if found != expected:
+        raise ExportError(f"{marker_path.parent} holds a partial export of another service or "
+                          f"format ({found.get('exporter')}, grid {found.get('scheme')}); remove "
+                          f"it to start over")
 
 
 class StagedBundle(BundleSink):
@@ -171,19 +183,26 @@ class StagingSession(ExportSession):
     record_count: int = 0
     exporter_name: str = ""
 
-    def __init__(self, request: ExportRequest) -> None:
+    def __init__(self, request: ExportRequest, skip_blank: bool = False) -> None:
         if not request.levels:
             raise ExportError("nothing to export: no levels selected")
         self.request = request
         self.output = Path(request.output)
         self.staging = staging_path(self.output)
-        self._lock = threading.Lock()
-        self._open: set[tuple[int, int, int]] = set()
-        self._committed = False
+        self._guard = BundleGuard({lod.level for lod in request.levels}, self.output)
+        self._blank = BlankCounter(skip_blank)
         if request.mode == "create" and self._output_exists():
             raise OutputExistsError(f"{self.output} already exists; choose another output or "
                                     f"overwrite it")
         self._prepare()
+
+    #: Tiles stored once because an identical one was already stored (no staged format shares).
+    duplicates = 0
+
+    @property
+    def skipped_blank(self) -> int:
+        """Tiles left out because they were blank (``skip_blank``)."""
+        return self._blank.skipped
 
     # -- staging --------------------------------------------------------------------------------
 
@@ -198,13 +217,7 @@ class StagingSession(ExportSession):
         marker_path = self.staging / MARKER
         try:
             if self.staging.is_dir():
-                if marker_path.is_file():
-                    found = json.loads(marker_path.read_text("utf-8"))
-                    if found != self._marker():
-                        raise ExportError(
-                            f"{self.staging} holds a partial export of another service or format "
-                            f"({found.get('exporter')}, grid {found.get('scheme')}); remove it to "
-                            f"start over")
+                check_marker(marker_path, self._marker())
                 self._remove_temporaries()
             else:
                 self.staging.parent.mkdir(parents=True, exist_ok=True)
@@ -240,41 +253,27 @@ class StagingSession(ExportSession):
         return self.bundle_path(level, bundle_row, bundle_col).is_file()
 
     def open_bundle(self, level: int, bundle_row: int, bundle_col: int) -> BundleSink:
-        if self._committed:
-            raise ExportError(f"{self.output}: the export was already committed")
-        if bundle_row % BUNDLE_SIZE or bundle_col % BUNDLE_SIZE:
-            raise ExportError(f"bundle origin ({bundle_row}, {bundle_col}) is not a multiple of "
-                              f"{BUNDLE_SIZE}")
-        if level not in {lod.level for lod in self.request.levels}:
-            raise ExportError(f"level {level} is not one of the levels being exported")
         key = (level, bundle_row, bundle_col)
-        with self._lock:
-            if key in self._open:
-                raise ExportError(f"bundle {level_folder(level)}/{bundle_name(bundle_row, bundle_col)}"
-                                  f" is already being written")
-            self._open.add(key)
-        try:
-            final = self.bundle_path(level, bundle_row, bundle_col)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            return StagedBundle(final, bundle_row, bundle_col, self.record_count,
-                                lambda: self._release(key))
-        except BaseException as exc:
-            self._release(key)
-            if isinstance(exc, OSError):
+
+        def make() -> BundleSink:
+            final = self.bundle_path(*key)
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                sink = self._sink(final, bundle_row, bundle_col, lambda: self._guard.release(key))
+            except OSError as exc:
                 raise ExportError(f"cannot start bundle in {self.staging}: "
                                   f"{exc.strerror or exc}") from None
-            raise
+            return SkippingSink(sink, self._blank) if self._blank.enabled else sink
+        return self._guard.open(level, bundle_row, bundle_col, make)
 
-    def _release(self, key: tuple[int, int, int]) -> None:
-        with self._lock:
-            self._open.discard(key)
+    def _sink(self, final: Path, bundle_row: int, bundle_col: int,
+              on_done: Callable[[], None]) -> BundleSink:
+        """The sink writing one bundle whose finished form is ``final`` (``bundle_path``)."""
+        return StagedBundle(final, bundle_row, bundle_col, self.record_count, on_done)
 
     def commit(self) -> Path:
-        with self._lock:
-            if self._open:
-                raise ExportError(f"{len(self._open)} bundle(s) are still being written; close "
-                                  f"or abort them before committing")
-        if self._committed:
+        self._guard.check_idle()
+        if self._guard.committed:
             raise ExportError(f"{self.output}: already committed")
         if self.request.mode == "create" and self._output_exists():
             raise OutputExistsError(f"{self.output} already exists; choose another output or "
@@ -284,7 +283,7 @@ class StagingSession(ExportSession):
             self._publish()
         except OSError as exc:
             raise ExportError(f"cannot write {self.output}: {exc.strerror or exc}") from None
-        self._committed = True
+        self._guard.committed = True
         return self.output
 
     def discard(self) -> None:

@@ -21,13 +21,12 @@ from pathlib import Path
 
 from cacheorch import hookimpl
 from cacheorch.errors import ExportError
-from cacheorch.formats.blank import BlankCounter
 from cacheorch.formats.bundle import bundle_name, level_folder
 from cacheorch.formats.confxml import EXPLODED, conf_cdi_bytes, conf_xml_bytes
 from cacheorch.formats.exploded import ExplodedBundle, TILE_EXTENSIONS, row_folder, tile_file
 from cacheorch.formats.png import JPEG_MAGIC, PNG_MAGIC
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, Exporter
-from cacheorch.plugins._export_common import BlankOptions, BundleGuard, SkippingSink
+from cacheorch.plugins._export_common import BlankOptions
 from cacheorch.plugins._staging import atomic_write, export_extent, fsync_dir, listed_lods
 from cacheorch.plugins.export_compact_v2 import CompactV2Session, _gdal_tile_end
 
@@ -121,39 +120,21 @@ class ExplodedSession(CompactV2Session):
     exporter_name = "exploded"
 
     def __init__(self, request: ExportRequest, skip_blank: bool = False) -> None:
-        super().__init__(request)
-        self._guard = BundleGuard({lod.level for lod in request.levels}, self.output)
-        self._blank = BlankCounter(skip_blank)
-        #: Identical tiles are separate files in an exploded cache: always 0.
-        self.duplicates = 0
+        super().__init__(request, skip_blank)
         fmt = request.service.scheme.tile_format.upper()
         self._default_ext = "jpg" if fmt.startswith(("JPEG", "JPG")) else "png"
-
-    @property
-    def skipped_blank(self) -> int:
-        """Tiles left out because they were blank (``skip_blank``)."""
-        return self._blank.skipped
 
     def bundle_path(self, level: int, bundle_row: int, bundle_col: int) -> Path:
         """The marker of a finished block (has_bundle looks for it)."""
         return self.staging / DONE_DIR / level_folder(level) / bundle_name(bundle_row, bundle_col)
 
-    def open_bundle(self, level: int, bundle_row: int, bundle_col: int) -> BundleSink:
-        key = (level, bundle_row, bundle_col)
-
-        def make() -> BundleSink:
-            level_dir = self.staging / self.bundles_dir / level_folder(level)
-            marker = self.bundle_path(*key)
-            try:
-                marker.unlink(missing_ok=True)
-                self._clear_block(level_dir, bundle_row, bundle_col)
-            except OSError as exc:
-                raise ExportError(f"cannot start bundle in {self.staging}: "
-                                  f"{exc.strerror or exc}") from None
-            sink = _ExplodedSink(level_dir, marker, self._default_ext,
-                                 lambda: self._guard.release(key))
-            return SkippingSink(sink, self._blank)
-        return self._guard.open(level, bundle_row, bundle_col, make)
+    def _sink(self, final: Path, bundle_row: int, bundle_col: int,
+              on_done: Callable[[], None]) -> BundleSink:
+        """``final`` is the block's marker; tiles go to ``_alllayers`` (a redone block starts clean)."""
+        level_dir = self.staging / self.bundles_dir / final.parent.name
+        final.unlink(missing_ok=True)
+        self._clear_block(level_dir, bundle_row, bundle_col)
+        return _ExplodedSink(level_dir, final, self._default_ext, on_done)
 
     @staticmethod
     def _clear_block(level_dir: Path, bundle_row: int, bundle_col: int) -> None:
@@ -162,17 +143,9 @@ class ExplodedSession(CompactV2Session):
             return
         block = ExplodedBundle(level_dir, bundle_row, bundle_col, TILE_EXTENSIONS)
         for row, cols in block._listing().items():
-            for path in cols.values():
-                os.unlink(path)
-            for ext in TILE_EXTENSIONS:  # a tile present under two extensions
-                for col in cols:
+            for col in cols:  # every extension: a tile may be present under two
+                for ext in TILE_EXTENSIONS:
                     (level_dir / row_folder(row) / tile_file(col, ext)).unlink(missing_ok=True)
-
-    def commit(self) -> Path:
-        self._guard.check_idle()
-        out = super().commit()
-        self._guard.committed = True
-        return out
 
     def _write_metadata(self) -> None:
         scheme = self.request.service.scheme

@@ -9,6 +9,7 @@ package is kept as the server made it.
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,6 @@ class RestExportTilesExporter(DelegatedExporter):
                 final = merge_packages(downloaded, export_request(plan, report.output))
         except OSError as exc:
             raise ExportError(f"cannot write {report.output}: {exc.strerror or exc}") from None
-        import shutil
         shutil.rmtree(staging, ignore_errors=True)
         return final
 

@@ -18,18 +18,17 @@ import os
 import shutil
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from cacheorch import hookimpl
-from cacheorch.errors import ExportError
 from cacheorch.formats.bundle_v1 import BundleV1Writer, bundlx_name
 from cacheorch.formats.confxml import COMPACT_V1, conf_cdi_bytes, conf_xml_bytes
 from cacheorch.formats.rootjson import wgs84_bounds
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, Exporter
-from cacheorch.formats.blank import BlankCounter
-from cacheorch.plugins._export_common import BlankOptions, BundleGuard, SkippingSink
+from cacheorch.plugins._export_common import BlankOptions
 from cacheorch.plugins._staging import StagedBundle, export_extent, title_of
 from cacheorch.plugins.export_tpkx import TpkxSession, _zip_info, thumbnail_png
 
@@ -106,41 +105,13 @@ class TpkSession(TpkxSession):
     bundles_dir = "_alllayers"
     exporter_name = "tpk"
 
-    def __init__(self, request: ExportRequest, skip_blank: bool = False) -> None:
-        super().__init__(request)
-        self._guard = BundleGuard({lod.level for lod in request.levels}, self.output)
-        self._blank = BlankCounter(skip_blank)
-        #: Tiles stored once because an identical tile was already stored: V1 bundles cannot share.
-        self.duplicates = 0
-
-    @property
-    def skipped_blank(self) -> int:
-        """Tiles left out because they were blank (``skip_blank``)."""
-        return self._blank.skipped
-
     def has_bundle(self, level: int, bundle_row: int, bundle_col: int) -> bool:
         path = self.bundle_path(level, bundle_row, bundle_col)
         return path.is_file() and path.with_name(bundlx_name(bundle_row, bundle_col)).is_file()
 
-    def open_bundle(self, level: int, bundle_row: int, bundle_col: int) -> BundleSink:
-        key = (level, bundle_row, bundle_col)
-
-        def make() -> BundleSink:
-            final = self.bundle_path(*key)
-            try:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                sink = _StagedV1Bundle(final, bundle_row, bundle_col, lambda: self._guard.release(key))
-            except OSError as exc:
-                raise ExportError(f"cannot start bundle in {self.staging}: "
-                                  f"{exc.strerror or exc}") from None
-            return SkippingSink(sink, self._blank)
-        return self._guard.open(level, bundle_row, bundle_col, make)
-
-    def commit(self) -> Path:
-        self._guard.check_idle()
-        out = super().commit()
-        self._guard.committed = True
-        return out
+    def _sink(self, final: Path, bundle_row: int, bundle_col: int,
+              on_done: Callable[[], None]) -> BundleSink:
+        return _StagedV1Bundle(final, bundle_row, bundle_col, on_done)
 
     def _metadata(self) -> dict[str, bytes]:
         request = self.request
