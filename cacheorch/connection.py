@@ -28,9 +28,13 @@ __all__ = ["Connection", "redact_url", "USER_AGENT"]
 #: Identifies cacheorch to servers, as polite crawlers do.
 USER_AGENT = f"cacheorch/{__version__} (+https://pypi.org/project/cacheorch/)"
 log = logging.getLogger(__name__)
+#: Seconds between attempts to renew a token ahead of expiry once one failed: the tile URL
+#: maker asks on every tile, and a token service that is down must not be called per tile.
+_AHEAD_RETRY = 30.0
 _SECRET_PARAMS = {"token", "password", "client_secret", "apikey", "api_key", "key"}
 
 
+#: Secret URL parameters in free text (also :func:`cacheorch.fetch.redact_text`'s pattern).
 _SECRET_IN_TEXT = re.compile(
     r"(?i)([?&](?:token|password|client_secret|apikey|api_key|key)=)[^&\s'\"#]+")
 
@@ -103,6 +107,8 @@ class Connection:
     #: of its lifetime, so short-lived tokens are not renewed on every request).
     renew_ahead: float = 120.0
     _token_lifetime: float | None = field(default=None, repr=False)
+    #: After a failed ahead-of-expiry renewal, when (monotonic) to try ahead again.
+    _ahead_retry_at: float = field(default=0.0, repr=False)
     _session: requests.Session | None = field(default=None, repr=False)
     _token_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _renewals: deque[float] = field(default_factory=lambda: deque(maxlen=64), repr=False)
@@ -163,11 +169,14 @@ class Connection:
         ahead = self.renew_ahead
         if self._token_lifetime is not None:
             ahead = min(ahead, self._token_lifetime / 4)
-        if time.time() >= expires - ahead:
+        if time.time() >= expires - ahead and time.monotonic() >= self._ahead_retry_at:
+            before = self.token
             try:
-                self.renew_token(self.token)
+                self.renew_token(before)
             except Exception as exc:  # the request will meet the 498 path and say why
                 log.debug("renewing the token ahead of expiry failed: %s", self.redact(exc))
+            if self.token == before:  # failed or refused: not again on every tile URL
+                self._ahead_retry_at = time.monotonic() + _AHEAD_RETRY
         return self.token
 
     def renew_token(self, stale: str | None, url: str | None = None) -> str | None:

@@ -76,21 +76,18 @@ class Credentials:
     @classmethod
     def of(cls, connection: Connection, threads: int = 1) -> Credentials:
         """``connection``'s settings for one of ``threads`` worker threads fetching at once."""
-        max_rps = getattr(connection, "max_rps", None)
+        max_rps = connection.max_rps
         return cls(connection.token, connection.referer, connection.user_agent, connection.timeout,
                    connection.retries, tuple(sorted(connection.headers.items())),
                    max_rps / max(1, threads) if max_rps else None,
-                   getattr(connection, "max_failure_rate", None),
-                   getattr(connection, "failure_window", 200))
+                   connection.max_failure_rate, connection.failure_window)
 
     def connection(self) -> Connection:
         """A connection with no token provider: workers never hold the user's password."""
-        politeness = {"max_rps": self.max_rps, "max_failure_rate": self.max_failure_rate,
-                      "failure_window": self.failure_window} \
-            if hasattr(Connection, "max_rps") else {}
         return Connection(token=self.token, referer=self.referer, user_agent=self.user_agent,
                           timeout=self.timeout, retries=self.retries, headers=dict(self.headers),
-                          **politeness)
+                          max_rps=self.max_rps, max_failure_rate=self.max_failure_rate,
+                          failure_window=self.failure_window)
 
     def __repr__(self) -> str:  # dask logs a failed task's arguments
         return f"Credentials(token={'***' if self.token else None}, referer={self.referer!r})"
@@ -239,7 +236,6 @@ def fetch_all_dask(run: _Run, skip: dict[BundleKey, int], *, window: int | None 
 
     :param window: tasks in flight at most (default: two per worker thread of the cluster).
     """
-    from cacheorch.runner import _OpenBundle
     distributed = _distributed()
     spec = run.plan.spec
     source = run.plan.tile_source
@@ -256,18 +252,15 @@ def fetch_all_dask(run: _Run, skip: dict[BundleKey, int], *, window: int | None 
     run.writer = writer  # a merge copies the tiles the existing output holds through it
     futures = distributed.as_completed(loop=client.loop)
     in_flight: set[Any] = set()
-    # each bundle, kept from its first part's submission until its last part is written
-    wholes: dict[BundleKey, BundlePlan] = {}
-    pending = _parts(_to_fetch(run, skip), wholes, tiles_per_task)
+    pending = (part for fetched in _to_fetch(run, skip)
+               for part in split_bundle(fetched, tiles_per_task))
 
     def submit_next() -> bool:
         nonlocal credentials
         part = next(pending, None)
         if part is None:
             return False
-        key = (part.level, part.bundle_row, part.bundle_col)
-        if key not in run.open:
-            run.open[key] = _OpenBundle(wholes[key])
+        key = (part.level, part.bundle_row, part.bundle_col)  # in run.open since _to_fetch
         credentials = _fresh_credentials(run, credentials, threads)
         task = BundleTask(run_id, run.plan.service, source, credentials, spec.workers,
                           spec.tilemap)
@@ -300,7 +293,6 @@ def fetch_all_dask(run: _Run, skip: dict[BundleKey, int], *, window: int | None 
             del tiles
             if state.seen == state.plan.tile_count:
                 del run.open[key]
-                del wholes[key]
                 writer.finish(key, state)
             writer.check()
             run.progress(count)
@@ -320,32 +312,16 @@ def fetch_all_dask(run: _Run, skip: dict[BundleKey, int], *, window: int | None 
         raise CacheorchError(f"the cluster returned no result for {len(run.open)} bundle(s)")
 
 
-def _to_fetch(run: Any, skip: dict[BundleKey, int]) -> Iterator[tuple[BundlePlan, BundlePlan]]:
-    """(bundle, what of it the workers fetch) for every bundle still to do.
-
-    For ``resume --failed`` it is the failed tiles of a bundle whose staged copy is whole (the
-    copy's good tiles go to the writer here, ``_Run._repair_keys``). Otherwise, without a merge,
-    it is the whole bundle. With ``--mode merge`` the tiles the existing output
-    holds are copied here, on the client, through the job's writer (``_Run._merge_keys``), and
-    the workers get only the rest, as row spans; once every planned bundle is out, the existing
-    bundles outside the plan are copied whole, as the local executor does.
+def _to_fetch(run: Any, skip: dict[BundleKey, int]) -> Iterator[BundlePlan]:
+    """What the workers fetch of every bundle still to do (``_Run._work`` chooses): the whole
+    bundle, or as row spans the tiles left to fetch of a repaired or merged one; the tiles the
+    staged copy or the existing output already holds go to the job's writer here, on the client.
     """
-    for bundle in run._todo(skip):
-        key = (bundle.level, bundle.bundle_row, bundle.bundle_col)
-        repair = run._repair_keys(key, bundle)  # resume --failed: only the failed tiles
-        if repair is not None:
-            yield bundle, BundlePlan(bundle.level, bundle.bundle_row, bundle.bundle_col,
-                                     _spans_of(repair))
-            continue
-        if run.merge is None or key not in run.merge.bundles:
-            yield bundle, bundle
-            continue
-        lacking = run._merge_keys(key, bundle)
-        if lacking:
-            yield bundle, BundlePlan(bundle.level, bundle.bundle_row, bundle.bundle_col,
-                                     _spans_of(lacking))
-    if run.merge is not None:
-        run._copy_unplanned()
+    for bundle, keys in run._work(skip):
+        if keys is None:
+            yield bundle
+        elif keys:
+            yield BundlePlan(bundle.level, bundle.bundle_row, bundle.bundle_col, _spans_of(keys))
 
 
 def _spans_of(keys: list[TileKey]) -> tuple[tuple[int, int, int], ...]:
@@ -357,11 +333,3 @@ def _spans_of(keys: list[TileKey]) -> tuple[tuple[int, int, int], ...]:
         else:
             spans.append((key.row, key.col, key.col))
     return tuple(spans)
-
-
-def _parts(bundles: Iterator[tuple[BundlePlan, BundlePlan]], wholes: dict[BundleKey, BundlePlan],
-           size: int) -> Iterator[BundlePlan]:
-    """Each bundle's parts, remembering the bundle in ``wholes`` until all its parts are back."""
-    for bundle, fetched in bundles:
-        wholes[(bundle.level, bundle.bundle_row, bundle.bundle_col)] = bundle
-        yield from split_bundle(fetched, size)

@@ -37,6 +37,7 @@ from itertools import islice
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
+from cacheorch.connection import _SECRET_IN_TEXT as _SECRET_RE
 from cacheorch.connection import USER_AGENT
 from cacheorch.errors import JobFailedError
 from cacheorch.formats.png import is_image
@@ -50,7 +51,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 Status = Literal["ok", "missing", "failed"]
 
-_SECRET_RE = re.compile(r"(?i)([?&](?:token|password|client_secret|apikey|api_key|key)=)[^&\s'\"#]+")
 _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_HEAD = 64 * 1024

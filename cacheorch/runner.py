@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cacheorch.connection import Connection
+from cacheorch.delegate import export_request, run_delegated
 from cacheorch.errors import CacheorchError, JobFailedError, OutputExistsError, UsageError
 from cacheorch.events import BundleDone, JobFinished, JobStarted, emit
-from cacheorch.interfaces import DelegatedExporter, ExportRequest, ExportSession, staging_path
+from cacheorch.interfaces import DelegatedExporter, ExportSession, staging_path
 from cacheorch.jobplan import JobPlan
 from cacheorch.merge import MergeSource, kept_total, merged_request, open_merge_source, record_kept
 from cacheorch.planner import BundlePlan
@@ -84,14 +85,6 @@ def default_output(plan: JobPlan) -> Path:
     return Path(safe + (plan.exporter.extension or ""))
 
 
-def _export_request(plan: JobPlan, output: Path) -> ExportRequest:
-    levels = tuple(lv.lod for lv in plan.levels)
-    scheme = plan.service.scheme.with_levels(lod.level for lod in levels)
-    return ExportRequest(output=output, service=plan.service, scheme=scheme, levels=levels,
-                         extent=plan.extent, mode=plan.spec.mode,  # type: ignore[arg-type]
-                         title=plan.service.name or output.stem)
-
-
 def record_job_start(catalog: Catalog, plan: JobPlan, output: Path, job_id: int | None) -> int:
     """Record a new job (its service, parameters and planned levels), or mark ``job_id`` running
     again on resume; return the job's id. Shared by tile-fetching and delegated exports."""
@@ -136,6 +129,8 @@ class _Run:
         self.writer: BundleWriterThread | None = None
         #: ``--mode merge``: the existing output, the source of the tiles it already holds.
         self.merge: MergeSource | None = None
+        #: Bundles of both the plan and a merge's existing output, gathered by :meth:`_todo`.
+        self._planned_existing: set[tuple[int, int, int]] = set()
 
     def _todo(self, skip: dict[tuple[int, int, int], int]) -> Iterator[BundlePlan]:
         """Every bundle not already done, streamed; the skipped ones count as progress.
@@ -143,8 +138,11 @@ class _Run:
         Both executors start from this, so a resume skips the same bundles whichever runs it.
         """
         skipped = 0
+        existing = self.merge.bundles if self.merge is not None else ()
         for bundle in self.plan.bundles():
             key = (bundle.level, bundle.bundle_row, bundle.bundle_col)
+            if key in existing:  # for _copy_unplanned, so the plan is not made twice
+                self._planned_existing.add(key)
             written = skip.get(key)
             if written is not None and (written == 0 or self.session.has_bundle(*key)):
                 skipped += bundle.tile_count
@@ -156,21 +154,31 @@ class _Run:
         if skipped:
             self.progress(skipped)
 
-    def _keys(self, skip: dict[tuple[int, int, int], int]) -> Iterator[Any]:
-        """Tile keys of every bundle not already done; registers each bundle before its first key."""
+    def _work(self, skip: dict[tuple[int, int, int], int]
+              ) -> Iterator[tuple[BundlePlan, list[Any] | None]]:
+        """Every bundle still to do, with the keys of it to fetch (None: all of them).
+
+        Each bundle is registered in ``open`` before it is yielded (or, with nothing left to
+        fetch, already finished). ``resume --failed`` fetches only the failed tiles of a bundle
+        whose staged copy is whole (:meth:`_repair_keys`); ``--mode merge`` only the tiles the
+        existing output lacks (:meth:`_merge_keys`), and once every planned bundle is out the
+        existing bundles outside the plan are copied whole. Both executors start from this.
+        """
         for bundle in self._todo(skip):
-            repair = self._repair_keys((bundle.level, bundle.bundle_row, bundle.bundle_col), bundle)
-            if repair is not None:
-                yield from repair
-                continue
             key = (bundle.level, bundle.bundle_row, bundle.bundle_col)
-            if self.merge is not None and key in self.merge.bundles:
-                yield from self._merge_keys(key, bundle)
-                continue
-            self.open[key] = _OpenBundle(bundle)
-            yield from bundle.keys()
+            keys = self._repair_keys(key, bundle)
+            if keys is None and self.merge is not None and key in self.merge.bundles:
+                keys = self._merge_keys(key, bundle)
+            if keys is None:
+                self.open[key] = _OpenBundle(bundle)
+            yield bundle, keys
         if self.merge is not None:
             self._copy_unplanned()
+
+    def _keys(self, skip: dict[tuple[int, int, int], int]) -> Iterator[Any]:
+        """Tile keys of every bundle not already done; registers each bundle before its first key."""
+        for bundle, keys in self._work(skip):
+            yield from bundle.keys() if keys is None else keys
 
     def _merge_keys(self, key: tuple[int, int, int], bundle: BundlePlan) -> list[Any]:
         """Merge: hand every tile the existing output holds in this bundle to the writer and
@@ -195,10 +203,10 @@ class _Run:
 
     def _copy_unplanned(self) -> None:
         """Merge: copy whole every existing bundle the plan does not touch (other levels or
-        areas), so the new output holds old and new; on resume, those already staged stay."""
+        areas), so the new output holds old and new; on resume, those already staged stay.
+        Called once :meth:`_todo` has gone through the whole plan."""
         assert self.merge is not None and self.writer is not None
-        planned = {(b.level, b.bundle_row, b.bundle_col) for b in self.plan.bundles()}
-        for key in sorted(self.merge.bundles - planned):
+        for key in sorted(self.merge.bundles - self._planned_existing):
             if self.session.has_bundle(*key):
                 continue
             copied = _CopiedBundle()
@@ -215,7 +223,7 @@ class _Run:
         requests, and the staged copy is whole (it is renamed into place only when complete).
         """
         found = self.repair.get(key)
-        if found is None or self.writer is None or not hasattr(self.session, "bundle_path"):
+        if found is None or self.writer is None:
             return None
         from cacheorch.formats.bundle import BundleReader
         from cacheorch.plugins._staging import StagingSession
@@ -230,7 +238,7 @@ class _Run:
         state = _OpenBundle(bundle, missing=missing, seen=bundle.tile_count - len(keys))
         skip = set(failed)
         with BundleReader(path, bundle_row=key[1], bundle_col=key[2]) as reader:
-            kept = sum(1 for row, col, _ in reader.tiles() if (row, col) not in skip)
+            kept = sum(1 for pos in reader.positions() if pos not in skip)  # the index only
             if kept + missing != state.seen:  # the copy disagrees with the catalog: refetch it
                 return None
             for row, col, data in reader.tiles():
@@ -348,7 +356,6 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
     not allow a partial output, and on interruption; the catalog records the state either way.
     """
     if isinstance(plan.exporter, DelegatedExporter):  # ArcGIS does the export: no bundles here
-        from cacheorch.delegate import run_delegated
         if plan.spec.mode == "merge":
             plan = _delegated_merge(plan)
         return run_delegated(plugins, catalog, connection, plan, job_id=job_id,
@@ -365,7 +372,7 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
     if resumed and plan.spec.mode == "create" and output.exists() and not staging.exists():
         raise OutputExistsError(f"{output} exists and job {job_id} has no staged bundles left")
     merge = _merge_source(plan, output)
-    request = _export_request(plan, output)
+    request = export_request(plan, output)
     if merge is not None:
         request = merged_request(request, merge)
     elif plan.spec.mode == "merge":  # nothing to merge into: merge is create

@@ -26,7 +26,7 @@ class BundleWriterThread:
     """Adds tiles to bundle sinks and closes finished bundles, in order, on one thread.
 
     :param on_finished: called on the writer thread after a bundle's bytes are durable (the
-        catalog checkpoint), with the bundle key, its byte size on disk and the caller's payload.
+        catalog checkpoint), with the bundle key and the payload given to :meth:`finish`.
     """
 
     def __init__(self, session: ExportSession,
@@ -72,10 +72,19 @@ class BundleWriterThread:
         self.check()
 
     def abort(self) -> None:
-        """Stop, dropping queued work and every unfinished bundle (nothing half-written remains)."""
+        """Stop, dropping queued work and every unfinished bundle (nothing half-written remains).
+
+        Never raises the writer's error: it runs while another exception (the one that stopped
+        the job, or the writer's own, raised by :meth:`close`) is on its way out.
+        """
         if self._error is None:
             self._error = _Aborted()
-        self._put(_STOP)
+        while self._thread.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=0.5)
+                break
+            except queue.Full:
+                continue
         self._thread.join()
 
     def _put(self, item: Any) -> None:

@@ -168,8 +168,7 @@ class TilemapFilter(TileFetcher):
         return cls(inner, lambda level, row, col: fetch_tilemap(service, connection, level, row, col),
                    **kw)
 
-    def _tilemap(self, key: TileKey) -> Tilemap | None:
-        bundle = (key.level, *key.bundle)
+    def _tilemap(self, bundle: tuple[int, int, int]) -> Tilemap | None:
         if bundle in self._maps:
             return self._maps[bundle]
         tilemap = self.lookup(*bundle)
@@ -183,9 +182,14 @@ class TilemapFilter(TileFetcher):
     def _present(self, keys: Iterator[TileKey], absent: deque[TileResult],
                  state: dict[str, bool]) -> Iterator[TileKey]:
         """The keys to fetch; absent ones go to ``absent``. Stops early when it is full."""
-        for key in keys:
-            tilemap = self._tilemap(key)
-            if tilemap is not None and tilemap.has(key.row, key.col) is False:
+        last: tuple[int, int, int] | None = None
+        tilemap: Tilemap | None = None
+        for key in keys:  # per tile: the bundle's map is looked up only when the bundle changes
+            row, col = key.row, key.col
+            bundle = (key.level, row - row % BUNDLE_SIZE, col - col % BUNDLE_SIZE)
+            if bundle != last:
+                last, tilemap = bundle, self._tilemap(bundle)
+            if tilemap is not None and tilemap.has(row, col) is False:
                 absent.append(TileResult(key, "missing"))
                 self.skipped += 1
                 if len(absent) >= self.backlog:
