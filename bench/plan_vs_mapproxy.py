@@ -43,56 +43,16 @@ from typing import Any
 
 import numpy as np
 
-REFERENCE = Path("/work/shared/bench-reference")
+try:
+    from bench.seed_vs_mapproxy import REFERENCE, find_mapproxy_seed, mapproxy_templates, mapproxy_version
+except ImportError:  # run as a script: bench/ itself is on sys.path
+    from seed_vs_mapproxy import (  # type: ignore[no-redef]
+        REFERENCE, find_mapproxy_seed, mapproxy_templates, mapproxy_version)
+
 TARGET_SECONDS = 2.0
 MAPPROXY_HINT = ('mapproxy-seed not found: install MapProxy 7 with `.venv/bin/pip install '
                  '"mapproxy>=7,<8"` (or pass --skip-mapproxy)')
 
-# The reference configuration (bench-reference/*.tmpl), used where that folder is absent.
-_MAPPROXY_YAML = """\
-services:
-  demo:
-layers:
-  - name: bench
-    title: bench
-    sources: [bench_cache]
-caches:
-  bench_cache:
-    grids: [webmerc_nw]
-    sources: [bench_tiles]
-    format: image/png
-    cache:
-      type: compact
-      version: 2
-      directory: @OUT@/Layers/_alllayers
-sources:
-  bench_tiles:
-    type: tile
-    url: @URL@/tile/%(z)s/%(y)s/%(x)s
-    grid: webmerc_nw
-    transparent: true
-grids:
-  webmerc_nw:
-    base: GLOBAL_WEBMERCATOR
-    origin: nw
-globals:
-  cache:
-    base_dir: @OUT@/cache_data
-    lock_dir: @OUT@/cache_data/locks
-    tile_lock_dir: @OUT@/cache_data/tile_locks
-"""
-_SEED_YAML = """\
-seeds:
-  bench:
-    caches: [bench_cache]
-    grids: [webmerc_nw]
-    coverages: [aoi]
-    levels: {from: 0, to: 10}
-coverages:
-  aoi:
-    datasource: @AOI@
-    srs: 'EPSG:4326'
-"""
 _EUROPE = {"type": "Polygon", "coordinates": [[[-10.0, 36.0], [20.0, 34.0], [40.0, 45.0],
                                                [30.0, 62.0], [5.0, 60.0], [-12.0, 50.0],
                                                [-10.0, 36.0]]]}
@@ -165,11 +125,6 @@ def cacheorch_exe() -> str:
     return exe
 
 
-def mapproxy_exe() -> str | None:
-    local = Path(sys.executable).parent / "mapproxy-seed"
-    return str(local) if os.access(local, os.X_OK) else shutil.which("mapproxy-seed")
-
-
 def best_of(rounds: int, run: Any) -> tuple[float, Any]:
     """The fastest of ``rounds`` runs of ``run()`` (wall seconds) and its result."""
     best: tuple[float, Any] | None = None
@@ -235,9 +190,7 @@ def vertex_only_count(aoi: Path, levels: tuple[int, int]) -> int:
 def mapproxy_dry_run(exe: str, aoi: Path, levels: tuple[int, int], work: Path, timeout: float
                      ) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix="mapproxy-", dir=work))
-    mp_tmpl, seed_tmpl = REFERENCE / "mapproxy.yaml.tmpl", REFERENCE / "seed.yaml.tmpl"
-    mp = mp_tmpl.read_text() if mp_tmpl.is_file() else _MAPPROXY_YAML
-    seed = seed_tmpl.read_text() if seed_tmpl.is_file() else _SEED_YAML
+    mp, seed = mapproxy_templates()
     # A dry run fetches nothing: the URL is never asked (port 9 is discard).
     mp = mp.replace("@URL@", "http://127.0.0.1:9/arcgis/rest/services/Bench/MapServer")
     mp = mp.replace("@OUT@", str(out))
@@ -291,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     levels, compare = parse_levels(args.levels), parse_levels(args.compare_levels)
     blob_mp = parse_levels(args.mapproxy_blob_levels) if args.mapproxy_blob_levels else None
-    mp_exe = None if args.skip_mapproxy else mapproxy_exe()
+    mp_exe = None if args.skip_mapproxy else find_mapproxy_seed()
     if not args.skip_mapproxy and mp_exe is None:
         raise BenchError(MAPPROXY_HINT)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="planbench-"))
@@ -311,7 +264,7 @@ def _main(args: argparse.Namespace) -> int:
             "cpus": os.cpu_count(), "python": sys.version.split()[0],
             "blob": {"vertices": len(ring) - 1, "share_of_earth": round(geodesic_share(ring), 4),
                      "file": str(blob) if args.keep else None},
-            "reference": str(europe), "mapproxy": _mapproxy_version() if mp_exe else None}}
+            "reference": str(europe), "mapproxy": mapproxy_version() if mp_exe else None}}
 
         secs, plan = best_of(args.rounds, lambda: cacheorch_plan(blob, levels, work, args.timeout))
         own, own_tiles = planner_only(blob, levels)
@@ -351,14 +304,6 @@ def _main(args: argparse.Namespace) -> int:
     else:
         print_report(report)
     return 0 if report["blob"]["target_met"] else 1
-
-
-def _mapproxy_version() -> str | None:
-    try:
-        from importlib.metadata import version
-        return version("MapProxy")
-    except Exception:
-        return None
 
 
 def print_report(r: dict[str, Any]) -> None:

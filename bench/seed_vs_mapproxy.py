@@ -146,6 +146,13 @@ def find_mapproxy_seed() -> str | None:
     return shutil.which("mapproxy-seed")
 
 
+def mapproxy_templates() -> tuple[str, str]:
+    """The reference mapproxy.yaml and seed.yaml templates (their copies above when absent)."""
+    mp_tmpl, seed_tmpl = REFERENCE / "mapproxy.yaml.tmpl", REFERENCE / "seed.yaml.tmpl"
+    return (mp_tmpl.read_text() if mp_tmpl.is_file() else _MAPPROXY_YAML,
+            seed_tmpl.read_text() if seed_tmpl.is_file() else _SEED_YAML)
+
+
 def mapproxy_version() -> str | None:
     try:
         from importlib.metadata import version
@@ -299,10 +306,7 @@ def run_mapproxy(exe: str, srv: Nginx, work: Path, levels: list[int], aoi: Path,
                  rnd: int, timeout: float) -> Run:
     out = work / f"mapproxy-{rnd}"
     out.mkdir()
-    mp_tmpl = REFERENCE / "mapproxy.yaml.tmpl"
-    seed_tmpl = REFERENCE / "seed.yaml.tmpl"
-    mp = mp_tmpl.read_text() if mp_tmpl.is_file() else _MAPPROXY_YAML
-    seed = seed_tmpl.read_text() if seed_tmpl.is_file() else _SEED_YAML
+    mp, seed = mapproxy_templates()
     mp = mp.replace("@URL@", srv.service_url).replace("@OUT@", str(out))
     seed = seed.replace("@AOI@", str(aoi))
     levels_yaml = (f"levels: {{from: {levels[0]}, to: {levels[-1]}}}"

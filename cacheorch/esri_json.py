@@ -99,10 +99,11 @@ def polygon_from_rings(rings: Iterable[list[tuple[float, float]]], name: str) ->
     all_rings = [r for r in rings if len(set(r)) >= 3]
     if not all_rings:
         return Polygon()
-    if not any(_signed_area(r) < 0 for r in all_rings):
+    signed = [_signed_area(r) for r in all_rings]
+    if not any(a < 0 for a in signed):
         return _by_nesting(all_rings, name)
-    for ring in all_rings:  # a figure-of-eight (area 0 by the shoelace) is an exterior to repair
-        (shells if _signed_area(ring) <= 0 else holes).append(Polygon(ring))
+    for ring, area in zip(all_rings, signed):  # a figure-of-eight (area 0) is an exterior to repair
+        (shells if area <= 0 else holes).append(Polygon(ring))
     interiors: list[list[Any]] = [[] for _ in shells]
     for shell in shells:
         shapely.prepare(shell)
@@ -184,24 +185,16 @@ def read_esri_json(data: Any, name: str) -> EsriArea:
     srs: list[SpatialReference] = []
     features = data.get("features")
     if isinstance(features, list):
-        for feature in features:
-            geom = feature.get("geometry") if isinstance(feature, dict) else None
-            own = _sr(geom.get("spatialReference"), name) if isinstance(geom, dict) else None
-            if own is not None:
-                srs.append(own)
-            polygon = _geometry(geom, name)
-            if polygon is not None:
-                geoms.append(polygon)
+        shapes = [f.get("geometry") if isinstance(f, dict) else None for f in features]
     elif isinstance(data.get("geometry"), dict):  # a single feature
-        geom = data["geometry"]
-        own = _sr(geom.get("spatialReference"), name)
+        shapes = [data["geometry"]]
+    else:  # a bare geometry (its own spatialReference is the document's)
+        shapes = [data]
+    for geom in shapes:
+        own = _sr(geom.get("spatialReference"), name) if isinstance(geom, dict) else None
         if own is not None:
             srs.append(own)
         polygon = _geometry(geom, name)
-        if polygon is not None:
-            geoms.append(polygon)
-    else:
-        polygon = _geometry(data, name)
         if polygon is not None:
             geoms.append(polygon)
     if sr is None and srs:

@@ -187,7 +187,7 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
     if mode not in ("create", "overwrite", "merge"):
         raise ConfigError(f"{where('mode')}: {mode!r} is not one of create, overwrite, merge")
     allow_partial = bool(flags.get("allow_partial")) or \
-        section.get("allow_partial", "").lower() in ("1", "true", "yes", "on")
+        _BOOLEANS.get(section.get("allow_partial", "").lower()) is True
     tilemap = flags.get("tilemap")
     if tilemap is None and section.get("tilemap", "").strip():
         value = section["tilemap"].strip().lower()
@@ -208,8 +208,7 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
     spec = JobSpec(service=location, name=job_name, source=source, policies=tuple(policies),
                    areas=areas, exporter=exporter, output=output, workers=workers, mode=mode,
                    referer=referer, allow_partial=allow_partial, tilemap=tilemap,
-                   executor=executor, scheduler=scheduler)
-    spec = replace(spec, **_politeness(flags, section, where))
+                   executor=executor, scheduler=scheduler, **_politeness(flags, section, where))
     return spec
 
 

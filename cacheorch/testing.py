@@ -118,10 +118,11 @@ def read_tiles_cache(output: Path, keys: Sequence[tuple[int, int, int]]
 
 def _gdal_path(output: Path, driver: str) -> str:
     if driver == "ESRIC" and output.is_dir():
-        for entry in output.iterdir():
-            if entry.name.lower() == "conf.xml":
-                return str(entry)
-        raise AssertionError(f"no conf.xml in {output}")
+        from cacheorch.formats.locate import find_ci
+        conf = find_ci(output, "conf.xml")
+        if conf is None:
+            raise AssertionError(f"no conf.xml in {output}")
+        return str(conf)
     return str(output)
 
 
@@ -187,6 +188,13 @@ class PluginContract:
     kind_base: ClassVar[type[Plugin]] = Plugin
     kind_hook: ClassVar[str] = ""
     kind_registry: ClassVar[str] = ""
+
+    @pytest.fixture
+    def connection(self) -> Iterator[Connection]:
+        """A plain connection (no token) for the kinds that read or fetch; closed afterwards."""
+        conn = Connection()
+        yield conn
+        conn.close()
 
     def build(self, options: Mapping[str, str] | None = None) -> Any:
         """The plugin built from strings exactly as a ``NAME:key=value`` flag would build it."""
@@ -289,12 +297,6 @@ class ScaleSourceContract(PluginContract):
     @pytest.fixture
     def location(self) -> str:
         raise NotImplementedError("override the `location` fixture with something this source reads")
-
-    @pytest.fixture
-    def connection(self) -> Iterator[Connection]:
-        conn = Connection()
-        yield conn
-        conn.close()
 
     def test_read_gives_a_service_with_levels(self, location: str, connection: Connection) -> None:
         service = self.build().read(location, connection)
@@ -415,12 +417,6 @@ class AreaContract(PluginContract):
     def spec(self) -> str:
         raise NotImplementedError("override the `spec` fixture with a spec this generator reads")
 
-    @pytest.fixture
-    def connection(self) -> Iterator[Connection]:
-        conn = Connection()
-        yield conn
-        conn.close()
-
     def _resolver(self, service: Service, connection: Connection) -> Any:
         from cacheorch.jobplan import _Areas
         from cacheorch.pluginmanager import make_plugins
@@ -524,12 +520,6 @@ class TileSourceContract(PluginContract):
     @pytest.fixture
     def absent_keys(self) -> Sequence[TileKey]:
         return ()
-
-    @pytest.fixture
-    def connection(self) -> Iterator[Connection]:
-        conn = Connection()
-        yield conn
-        conn.close()
 
     def _open(self, service: Service, connection: Connection) -> TileFetcher:
         fetcher = self.build().open(service, connection, self.workers)

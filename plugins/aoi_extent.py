@@ -21,6 +21,7 @@ from cacheorch.areas import crs_of, finish_area, project, rectangle
 from cacheorch.connection import Connection
 from cacheorch.errors import AreaError, FormatError
 from cacheorch.formats.confxml import read_conf_cdi, read_conf_cdi_bytes
+from cacheorch.formats.locate import find_ci
 from cacheorch.interfaces import AOIGenerator, Service
 from cacheorch.tiling import Envelope
 
@@ -30,13 +31,9 @@ _CDI = "conf.cdi"
 
 
 def _child(folder: Path, name: str) -> Path | None:
-    try:
-        for entry in folder.iterdir():
-            if entry.name.lower() == name and entry.is_file():
-                return entry
-    except OSError:
-        return None
-    return None
+    """The file ``name`` of ``folder`` in any letter case, or None."""
+    found = find_ci(folder, name)
+    return found if found is not None and found.is_file() else None
 
 
 def _in_folder(folder: Path) -> Path | None:

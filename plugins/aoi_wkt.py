@@ -37,9 +37,8 @@ class WktArea(AOIGenerator):
         body, override = split_crs(spec)
         geom, srid = read_wkt(body, what)
         crs_text = override or srid
-        if crs_text is None:
-            return area_from(geom, None, service.scheme, what)
-        return area_from(geom, crs_from_text(crs_text, what), service.scheme, what)
+        src = crs_from_text(crs_text, what) if crs_text else None  # None: the scheme's own SR
+        return area_from(geom, src, service.scheme, what)
 
 
 @hookimpl

@@ -35,11 +35,8 @@ def _tiled_range(cache: TileCache) -> TilingScheme:
 
 def service_of_cache(cache: TileCache, location: str) -> Service:
     """The :class:`Service` a cache stands for; ``location`` is kept as the user's absolute path."""
-    extra = {}
-    if "storage_format" in Service.__dataclass_fields__:  # a field newer than this plugin's first cut
-        extra["storage_format"] = cache.storage_format
     return Service(location=location, scheme=_tiled_range(cache), kind="cache", name=cache.name,
-                   description=cache.description, **extra)
+                   description=cache.description, storage_format=cache.storage_format)
 
 
 class ConfScaleSource(ScaleSource):

@@ -92,14 +92,14 @@ def scales_command(app: App, source: str, source_name: str | None, token: str | 
         connection.close()
     scheme = service.scheme
     tiled = set(scheme.tiled_levels)
-    statuses = {s.level: s for s in service.level_status}
+    statuses = bool(service.level_status)  # only sources that know completeness (a Status.gdb)
     if as_json:
         levels: list[dict[str, Any]] = []
         for lod in scheme.lods:
             row: dict[str, Any] = {"level": lod.level, "scale": lod.scale,
                                    "resolution": lod.resolution, "tiled": lod.level in tiled}
-            if statuses:  # only sources that know completeness (a Status.gdb) say it
-                st = statuses.get(lod.level)
+            if statuses:
+                st = service.status_of(lod.level)
                 row["completeness"] = None if st is None else {
                     "bundles": st.bundles, "done": st.done, "percent": st.percent}
             levels.append(row)
@@ -123,7 +123,7 @@ def scales_command(app: App, source: str, source_name: str | None, token: str | 
     for lod in scheme.lods:
         note = "" if lod.level in tiled else "  (no tiles)"
         if statuses:
-            st = statuses.get(lod.level)
+            st = service.status_of(lod.level)
             note = "  " + (st.describe() if st is not None else "no status") + \
                 ("" if lod.level in tiled else " (no tiles)")
         click.echo(f"{lod.level:>5}  {lod.scale:>18.6f}  {lod.resolution:>20.12f}{note}")
