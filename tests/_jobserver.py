@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 from shapely.geometry import Polygon, box
 from shapely.ops import unary_union
 
+from _tiles import write_tiles
 from cacheorch.interfaces import ExportRequest, Service
 from cacheorch.tiling import TilingScheme
 
@@ -342,15 +343,7 @@ class JobServer:
         session = (TpkSession if compact_v1 else TpkxSession)(ExportRequest(output=output, service=service, scheme=scheme,
                                             levels=tuple(scheme.lod(lv) for lv in levels),
                                             extent=job.area.bounds))
-        by_bundle: dict[tuple[int, int, int], list[tuple[int, int, bytes]]] = {}
-        for (level, row, col), data in sorted(selected.items()):
-            by_bundle.setdefault((level, row // 128 * 128, col // 128 * 128), []).append(
-                (row, col, data))
-        for (level, brow, bcol), tiles in by_bundle.items():
-            sink = session.open_bundle(level, brow, bcol)
-            for row, col, data in tiles:
-                sink.add(row, col, data)
-            sink.close()
+        write_tiles(session, selected)
         return session.commit()
 
     def _result_value(self, job: Job) -> Any:

@@ -24,8 +24,9 @@ import pytest
 from shapely.geometry import Polygon, box
 from shapely.ops import unary_union
 
-from _gdal import colour_of, open_gdal, solid_png, tile_centre_rgba
+from _gdal import colour_of, open_gdal, tile_centre_rgba
 from _jobserver import JobServer
+from _tiles import all_tiles, pyramid, write_tiles
 from cacheorch.interfaces import ExportRequest, Service
 from cacheorch.formats.cache import open_cache
 from cacheorch.plugins.export_compact_v2 import CompactV2Session
@@ -43,14 +44,7 @@ def write_tpkx(path: Path, scheme: TilingScheme, tiles: dict[tuple[int, int, int
     session = session_class(ExportRequest(
         output=path, service=Service(location=str(path), scheme=scheme, name=path.stem),
         scheme=narrowed, levels=tuple(narrowed.lod(lv) for lv in levels), mode="overwrite"))
-    bundles: dict[tuple[int, int, int], list[tuple[int, int, bytes]]] = {}
-    for (lv, r, c), data in sorted(tiles.items()):
-        bundles.setdefault((lv, r // 128 * 128, c // 128 * 128), []).append((r, c, data))
-    for (lv, br, bc), items in bundles.items():
-        sink = session.open_bundle(lv, br, bc)
-        for r, c, data in items:
-            sink.add(r, c, data)
-        sink.close()
+    write_tiles(session, tiles)
     return session.commit()
 
 
@@ -123,9 +117,7 @@ class StandInArcpy(types.ModuleType):
         self.calls.append(("ExportTileCache", args))
         self._fail()
         source, folder, name, kind, _, scales, area = args
-        with open_cache(source) as cache:
-            have = {(lv, r, c): data for lv, br, bc in cache.bundle_keys()
-                    for r, c, data in cache.bundle_tiles(lv, br, bc)}
+        have = all_tiles(source)
         chosen = {k: v for k, v in self._selected(scales, area).items() if k in have}
         ext = ".tpkx" if kind == "TILE_PACKAGE_TPKX" else ".tpk"
         out = write_tpkx(Path(folder) / (name + ext), self.scheme, chosen)
@@ -139,8 +131,7 @@ def scheme() -> TilingScheme:
 
 @pytest.fixture(scope="module")
 def tiles() -> dict[tuple[int, int, int], bytes]:
-    return {(lv, r, c): solid_png(colour_of(lv, r, c), size=256)
-            for lv in range(5) for r in range(2 ** lv) for c in range(2 ** lv)}
+    return pyramid(range(5))
 
 
 @pytest.fixture

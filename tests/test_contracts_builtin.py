@@ -27,10 +27,9 @@ REFUSED = "http://127.0.0.1:9/arcgis/rest/services/Nothing/MapServer"  # discard
 
 
 def _builtin(module: str, attr: str) -> type:
-    """A built-in plugin class; the test is skipped while its module is not registered yet."""
+    """A built-in plugin class; a module dropped from DEFAULT_PLUGINS fails its contract tests."""
     dotted = f"cacheorch.plugins.{module}"
-    if dotted not in DEFAULT_PLUGINS:
-        pytest.skip(f"{dotted} is not in DEFAULT_PLUGINS")
+    assert dotted in DEFAULT_PLUGINS, f"{dotted} is not in DEFAULT_PLUGINS"
     return getattr(importlib.import_module(dotted), attr)
 
 
@@ -364,10 +363,7 @@ def test_every_builtin_plugin_has_a_contract_test() -> None:
     tested = set()
     for obj in globals().values():
         if isinstance(obj, type) and obj.__name__.startswith("Test") and "plugin" in vars(obj):
-            try:
-                tested.add(obj.plugin)
-            except pytest.skip.Exception:
-                pass
+            tested.add(obj.plugin)
     missing = [f"{entry.name} ({entry.plugin})" for registry in plugins.registries().values()
                for entry in registry if entry.cls not in tested]
     assert not missing, f"built-in plugins without a contract test: {missing}"

@@ -24,8 +24,8 @@ import pytest
 
 from _gdal import colour_of, open_gdal, solid_png, tile_centre_rgba
 from _tileserver import TileServer
+from _tiles import all_tiles, mercator_service_json
 from cacheorch.formats.bundle import BundleReader, bundle_name, level_folder
-from cacheorch.formats.cache import open_cache
 from cacheorch.tiling import web_mercator_scheme
 
 LEVELS = "8-9"
@@ -40,12 +40,7 @@ Tiles = dict[tuple[int, int, int], bytes]
 
 
 def _service() -> dict:
-    sr = {"wkid": 102100, "latestWkid": 3857}
-    half = 20037508.342787
-    return {"currentVersion": 10.81, "spatialReference": sr,
-            "tileInfo": web_mercator_scheme(9).to_json(),
-            "fullExtent": {"xmin": -half, "ymin": -half, "xmax": half, "ymax": half,
-                           "spatialReference": sr}}
+    return mercator_service_json(9)
 
 
 def _tiles() -> Tiles:
@@ -84,12 +79,6 @@ def _done_bundles(catalog: Path) -> list[tuple[int, int, int, int]]:
         return []
 
 
-def _package_tiles(output: Path) -> Tiles:
-    with open_cache(output) as cache:
-        return {(lv, r, c): data for lv, br, bc in cache.bundle_keys()
-                for r, c, data in cache.bundle_tiles(lv, br, bc)}
-
-
 @dataclass
 class Trial:
     index: int
@@ -120,7 +109,7 @@ def _check_durable(catalog: Path, output: Path, tiles: Tiles) -> tuple[int, list
                 continue
         elif output.is_file():  # committed: the staging folder is (being) removed
             if packaged is None:
-                packaged = _package_tiles(output)
+                packaged = all_tiles(output)
             got = {k: v for k, v in packaged.items()
                    if k[0] == level and k[1] // 128 * 128 == brow and k[2] // 128 * 128 == bcol}
         else:
@@ -178,7 +167,7 @@ def _trial(trial: Trial, root: Path, tiles: Tiles, reference: Tiles) -> Trial:
             elif json.loads(finish.stdout)["status"] != "completed":
                 problems.append(f"finished as {json.loads(finish.stdout)['status']}")
     if not problems:
-        got = _package_tiles(output)
+        got = all_tiles(output)
         if got != reference:
             problems.append(f"output differs from the uninterrupted run: {len(got)} tiles vs "
                             f"{len(reference)}, {sum(got.get(k) != v for k, v in reference.items())}"
@@ -217,7 +206,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_output(tm
         duration = time.monotonic() - started
     assert ref.returncode == 0, ref.stderr
     assert json.loads(ref.stdout)["status"] == "completed"
-    reference = _package_tiles(ref_home / "out.tpkx")
+    reference = all_tiles(ref_home / "out.tpkx")
     assert reference == tiles  # the uninterrupted run got everything, byte for byte
     with open_gdal(ref_home / "out.tpkx") as ds:  # and GDAL reads it
         assert tile_centre_rgba(ds, web_mercator_scheme(9), 9, 256, 300)[:3] == \
@@ -279,8 +268,5 @@ def test_killed_after_publishing_resume_records_the_job_done(tmp_path: Path, cli
         assert resumed.code == 0, resumed.stderr
         assert json.loads(resumed.stdout)["status"] == "completed"
         assert sum(srv.requests.values()) - fetched <= 1  # at most the service JSON again
-    with open_cache(output) as cache:
-        got = {(lv, r, c): data for lv, br, bc in cache.bundle_keys()
-               for r, c, data in cache.bundle_tiles(lv, br, bc)}
-    assert got == tiles
+    assert all_tiles(output) == tiles
     assert not output.with_name(output.name + ".partial").exists()

@@ -22,7 +22,7 @@ distributed = pytest.importorskip("distributed")
 
 from _gdal import colour_of, open_gdal, solid_png, tile_centre_rgba  # noqa: E402
 from _tileserver import TileServer  # noqa: E402
-from cacheorch.formats.cache import open_cache  # noqa: E402
+from _tiles import all_tiles, mercator_service_json  # noqa: E402
 from cacheorch.jobspec import JobSpec  # noqa: E402
 from cacheorch.planner import BundlePlan  # noqa: E402
 from cacheorch.tiling import web_mercator_scheme  # noqa: E402
@@ -35,12 +35,7 @@ TOKEN = "s3cr3t-dask-token-0123456789"
 
 
 def _service() -> dict:
-    sr = {"wkid": 102100, "latestWkid": 3857}
-    half = 20037508.342787
-    return {"currentVersion": 10.81, "spatialReference": sr,
-            "tileInfo": web_mercator_scheme(LEVEL).to_json(),
-            "fullExtent": {"xmin": -half, "ymin": -half, "xmax": half, "ymax": half,
-                           "spatialReference": sr}}
+    return mercator_service_json(LEVEL)
 
 
 def _dask_exe() -> str:
@@ -114,12 +109,6 @@ def _band() -> dict[tuple[int, int, int], bytes]:
     return dict(_band_tiles())
 
 
-def _tiles(output: Path) -> dict[tuple[int, int, int], bytes]:
-    with open_cache(output) as cache:
-        return {(lv, r, c): data for lv, br, bc in cache.bundle_keys()
-                for r, c, data in cache.bundle_tiles(lv, br, bc)}
-
-
 def _job(cli, job_id: int) -> dict:
     return json.loads(cli("job", str(job_id), "--json").stdout)
 
@@ -152,7 +141,7 @@ def test_dask_output_equals_local_tile_for_tile(tmp_path: Path, cli, scheduler: 
         ran = client.run(lambda: "cacheorch.dask_executor" in sys.modules)
     assert len(ran) == 2 and any(ran.values()), ran
 
-    got_local, got_dask = _tiles(tmp_path / "local"), _tiles(tmp_path / "dask")
+    got_local, got_dask = all_tiles(tmp_path / "local"), all_tiles(tmp_path / "dask")
     assert got_dask == got_local
     assert got_dask == {k: v for k, v in tiles.items() if k not in missing | failing}
 
@@ -206,7 +195,7 @@ def test_dask_resume_fetches_only_unfinished_bundles(tmp_path: Path, cli, schedu
         refetched = {p for p, n in srv.requests.items() if "/tile/" in p and n > before.get(p, 0)}
     # bundle columns 128-255 held the failed tile; 256-383 was done and is not fetched again
     assert refetched == {srv.tile_path(LEVEL, r, c) for r in range(240, 250) for c in range(128, 256)}
-    assert _tiles(output) == tiles
+    assert all_tiles(output) == tiles
 
 
 def test_dask_executor_bad_input_is_one_line(tmp_path: Path, cli, monkeypatch) -> None:
@@ -274,7 +263,7 @@ def test_dask_merge_fetches_only_what_the_output_lacks(tmp_path: Path, cli, sche
     # kept: the held half, and the level-2 tile copied with its bundle (outside the plan)
     assert report["tiles_kept"] == len(held) + 1
     assert report["tiles_written"] == len(tiles) - len(held)
-    got = _tiles(output)
+    got = all_tiles(output)
     assert got == tiles | {(2, 1, 1): solid_png((9, 9, 9))}  # level 2 kept, outside the plan
 
 
@@ -296,4 +285,4 @@ def test_dask_resume_failed_fetches_only_the_failed_tiles(tmp_path: Path, cli, s
         assert again.code == 0, again.stderr
         refetched = {p for p, n in srv.requests.items() if "/tile/" in p and n > before.get(p, 0)}
     assert refetched == {srv.tile_path(*k) for k in failing}
-    assert _tiles(output) == tiles
+    assert all_tiles(output) == tiles

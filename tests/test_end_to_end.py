@@ -15,6 +15,7 @@ from shapely.geometry import Polygon, box
 
 from _gdal import colour_of, open_gdal, tile_centre_rgba, solid_png
 from _tileserver import TileServer
+from _tiles import all_tiles
 from cacheorch.formats.cache import open_cache
 from cacheorch.tiling import TilingScheme, web_mercator_scheme
 
@@ -53,13 +54,6 @@ def expected_tiles(scheme: TilingScheme) -> dict[int, set[tuple[int, int]]]:
         out[level] = {(r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)
                       if box(*scheme.tile_bounds(level, r, c)).intersection(area).area > 0}
     return out
-
-
-def all_tiles(output: Path) -> dict[tuple[int, int, int], bytes]:
-    """Every tile of an output, through the bundle indexes."""
-    with open_cache(output) as cache:
-        return {(lv, r, c): data for lv, br, bc in cache.bundle_keys()
-                for r, c, data in cache.bundle_tiles(lv, br, bc)}
 
 
 @pytest.fixture(scope="module")

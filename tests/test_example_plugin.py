@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from _featureserver import FeatureServer, square
+from _tiles import mapproxy_tiles
 
 from cacheorch.formats.cache import open_cache
 from cacheorch.tiling import WEB_MERCATOR_HALF, web_mercator_scheme
@@ -150,6 +151,8 @@ def test_a_job_exports_only_the_tiles_meeting_the_features(installed: Path, tmp_
             with cache.open_bundle(*key) as bundle:
                 stored |= {(key[0], row, col) for row, col, _ in bundle.tiles()}
     assert stored == expected
+    every = [(z, r, c) for z in range(3, 6) for r in range(2 ** z) for c in range(2 ** z)]
+    assert set(mapproxy_tiles(output, every)) == expected  # MapProxy's reader finds the same
     fetched = {tuple(int(p) for p in path.rsplit("/", 3)[1:]) for path in server.requests
                if "/MapServer/tile/" in path}
     assert fetched == expected, "tiles outside the features were fetched"

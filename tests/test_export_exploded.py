@@ -68,10 +68,7 @@ def test_resume_clears_the_block_an_interruption_left(tmp_path) -> None:
     groups = _by_bundle(tiles)
     keys = list(groups)
     session = ExplodedExporter().open(request)
-    sink = session.open_bundle(*keys[0])
-    for (_, r, c), data in groups[keys[0]].items():
-        sink.add(r, c, data)
-    sink.close()
+    _write(session, groups[keys[0]])
     stale = session.open_bundle(*keys[1])
     stale.add(2, 131, tiles[(8, 1, 130)])  # a tile the retried bundle will not have
     del session, stale  # the process dies
@@ -79,10 +76,7 @@ def test_resume_clears_the_block_an_interruption_left(tmp_path) -> None:
     again = ExplodedExporter().open(request)
     assert again.has_bundle(*keys[0]) and not again.has_bundle(*keys[1])
     for key in keys[1:]:
-        sink = again.open_bundle(*key)
-        for (_, r, c), data in groups[key].items():
-            sink.add(r, c, data)
-        sink.close()
+        _write(again, groups[key])
     out = again.commit()
     assert all_tiles(out) == tiles  # the stale tile is gone
     assert not (out / ".cacheorch-done").exists()

@@ -15,6 +15,9 @@ import numpy as np
 import pluggy
 import pytest
 from _gdal import colour_of, open_gdal, read_tile, solid_png, tile_centre_rgba
+from _tiles import Tiles
+from _tiles import by_bundle as _by_bundle
+from _tiles import write_tiles as _write
 
 from cacheorch import hookspecs
 from cacheorch.errors import ExportError, FormatError, OutputExistsError
@@ -30,7 +33,6 @@ from cacheorch.tiling import (
 )
 
 EXPORTERS = {"compact-v2": CompactV2Exporter, "tpkx": TpkxExporter}
-Tiles = dict[tuple[int, int, int], bytes]
 
 
 def _output(tmp_path: Path, exporter: str, stem: str = "out") -> Path:
@@ -43,21 +45,6 @@ def _request(output: Path, scheme: TilingScheme, levels, *, mode="create", exten
     return ExportRequest(output=output, service=Service(location="test://", scheme=scheme, name=name),
                          scheme=scheme.with_levels(levels),
                          levels=tuple(scheme.lod(n) for n in levels), mode=mode, extent=extent)
-
-
-def _by_bundle(tiles: Tiles) -> dict[tuple[int, int, int], Tiles]:
-    grouped: dict[tuple[int, int, int], Tiles] = {}
-    for (level, row, col), data in sorted(tiles.items()):
-        grouped.setdefault((level, row // 128 * 128, col // 128 * 128), {})[(level, row, col)] = data
-    return grouped
-
-
-def _write(session, tiles: Tiles) -> None:
-    for (level, brow, bcol), members in _by_bundle(tiles).items():
-        sink = session.open_bundle(level, brow, bcol)
-        for (_, row, col), data in members.items():
-            sink.add(row, col, data)
-        sink.close()
 
 
 def _export(exporter: str, request: ExportRequest, tiles: Tiles) -> Path:

@@ -106,10 +106,7 @@ def test_mbtiles_resume_trusts_the_bookkeeping_table(tmp_path) -> None:
     groups = _by_bundle(tiles)
     keys = list(groups)
     session = MBTilesExporter().open(request)
-    sink = session.open_bundle(*keys[0])
-    for (_, r, c), data in groups[keys[0]].items():
-        sink.add(r, c, data)
-    sink.close()
+    _write(session, groups[keys[0]])
     half = session.open_bundle(*keys[1])
     half.add(1, 130, b"\x89PNG stale bytes")  # written, then the process dies
     session._conn.execute("COMMIT")  # the worst case: the partial bundle's tile reached disk
@@ -119,10 +116,7 @@ def test_mbtiles_resume_trusts_the_bookkeeping_table(tmp_path) -> None:
     again = MBTilesExporter().open(request)
     assert again.has_bundle(*keys[0]) and not again.has_bundle(*keys[1])
     for key in keys[1:]:
-        sink = again.open_bundle(*key)
-        for (_, r, c), data in groups[key].items():
-            sink.add(r, c, data)
-        sink.close()
+        _write(again, groups[key])
     out = again.commit()
     assert all_tiles(out) == tiles
     db = _db(out)

@@ -129,10 +129,7 @@ def test_resume_keeps_closed_bundles_and_drops_unfinished_ones(tmp_path) -> None
     groups = _by_bundle(tiles)
     first, second = list(groups)[:2]
     session = TpkExporter().open(request)
-    sink = session.open_bundle(*first)
-    for (_, r, c), data in groups[first].items():
-        sink.add(r, c, data)
-    sink.close()
+    _write(session, groups[first])
     half = session.open_bundle(*second)
     half.add(second[1], second[2], b"\x89PNG-not-finished")
     del session, half  # the process dies here: nothing committed
@@ -141,10 +138,7 @@ def test_resume_keeps_closed_bundles_and_drops_unfinished_ones(tmp_path) -> None
     assert again.has_bundle(*first) and not again.has_bundle(*second)
     assert not list((tmp_path / "out.tpk.partial").rglob("*.tmp"))
     for key in list(groups)[1:]:
-        sink = again.open_bundle(*key)
-        for (_, r, c), data in groups[key].items():
-            sink.add(r, c, data)
-        sink.close()
+        _write(again, groups[key])
     assert all_tiles(again.commit()) == tiles
     with pytest.raises(OutputExistsError):
         TpkExporter().open(request)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from _gdal import colour_of, solid_png
+from _gdal import colour_of, open_gdal, solid_png, tile_centre_rgba
 from _tileserver import TileServer
+from _tiles import all_tiles, mercator_service_json
 from cacheorch.connection import USER_AGENT
 from cacheorch.fetch import (
     FailureWindow, RateLimiter, RetryPolicy, TileFetchEngine, TooManyFailuresError,
 )
-from cacheorch.formats.cache import open_cache
 from cacheorch.tiling import web_mercator_scheme
 
 LEVEL = 3
@@ -26,12 +26,7 @@ FAST = RetryPolicy(retries=2, backoff=0.01, backoff_cap=0.05)
 
 
 def _service() -> dict:
-    sr = {"wkid": 102100, "latestWkid": 3857}
-    half = 20037508.342787
-    return {"currentVersion": 10.81, "spatialReference": sr,
-            "tileInfo": web_mercator_scheme(LEVEL).to_json(),
-            "fullExtent": {"xmin": -half, "ymin": -half, "xmax": half, "ymax": half,
-                           "spatialReference": sr}}
+    return mercator_service_json(LEVEL)
 
 
 def _fetch(srv: TileServer, keys, **engine) -> dict:
@@ -130,12 +125,6 @@ def test_max_rps_is_what_the_server_sees() -> None:
 
 # -- whole jobs ----------------------------------------------------------------------------------
 
-def _tiles_of(output: Path) -> dict:
-    with open_cache(output) as cache:
-        return {(lv, r, c): data for lv, br, bc in cache.bundle_keys()
-                for r, c, data in cache.bundle_tiles(lv, br, bc)}
-
-
 def test_job_with_faults_ends_partial_then_resume_failed_refetches_only_those(cli, tmp_path: Path
                                                                              ) -> None:
     bad = {(LEVEL, 1, 1), (LEVEL, 2, 5), (LEVEL, 7, 7)}
@@ -161,7 +150,10 @@ def test_job_with_faults_ends_partial_then_resume_failed_refetches_only_those(cl
         refetched = {p: n - before.get(p, 0) for p, n in srv.requests.items()
                      if "/tile/" in p and n - before.get(p, 0)}
     assert refetched == {srv.tile_path(*k): 1 for k in bad}  # 3 requests, not the bundle's 64
-    assert _tiles_of(output) == TILES
+    assert all_tiles(output) == TILES
+    with open_gdal(output) as ds:  # GDAL's ESRIC driver shows the refetched tiles in place
+        for key in sorted(bad) + [(LEVEL, 0, 0)]:
+            assert tile_centre_rgba(ds, web_mercator_scheme(LEVEL), *key)[:3] == colour_of(*key)
 
 
 def test_failure_threshold_stops_the_job_resumable_with_bundles_kept(cli, tmp_path: Path) -> None:
@@ -186,7 +178,7 @@ def test_failure_threshold_stops_the_job_resumable_with_bundles_kept(cli, tmp_pa
         assert again.code == 0, again.stderr
         assert json.loads(again.stdout)["status"] == "completed"
         assert srv.requests[srv.tile_path(2, 0, 0)] == 1  # the kept bundle was not refetched
-    assert _tiles_of(output) == tiles
+    assert all_tiles(output) == tiles
 
 
 def test_user_agent_and_max_rps_flags_reach_the_server(cli, tmp_path: Path) -> None:

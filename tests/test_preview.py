@@ -14,6 +14,7 @@ import pytest
 import requests
 from _chromium import colour_pixels, need_chromium, screenshot
 from _gdal import solid_png
+from _tiles import write_tiles
 from _tileserver import TileServer
 
 from cacheorch.interfaces import ExportRequest, Service
@@ -37,14 +38,7 @@ def write_cache(folder: Path, scheme: TilingScheme, tiles: dict[tuple[int, int, 
                             scheme=scheme.with_levels(levels),
                             levels=tuple(scheme.lod(n) for n in levels), mode="create", extent=extent)
     session = CompactV2Exporter().open(request)
-    by_bundle: dict[tuple[int, int, int], list] = {}
-    for (lv, r, c), data in sorted(tiles.items()):
-        by_bundle.setdefault((lv, r // 128 * 128, c // 128 * 128), []).append((r, c, data))
-    for (lv, br, bc), members in by_bundle.items():
-        sink = session.open_bundle(lv, br, bc)
-        for r, c, data in members:
-            sink.add(r, c, data)
-        sink.close()
+    write_tiles(session, tiles)
     return session.commit()
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from shapely.geometry import box
 
-from _gdal import colour_of, open_gdal, solid_png, tile_centre_rgba
+from _gdal import colour_of, open_gdal, tile_centre_rgba
 from _jobserver import PASSWORD, USER, JobServer
+from _tiles import pyramid
 from cacheorch.delegate import Tier, split_tier
 from cacheorch.formats.cache import open_cache
 from cacheorch.planner import count_level
@@ -34,8 +35,7 @@ def scheme() -> TilingScheme:
 
 @pytest.fixture(scope="module")
 def tiles() -> dict[tuple[int, int, int], bytes]:
-    return {(lv, r, c): solid_png(colour_of(lv, r, c), size=256)
-            for lv in range(5) for r in range(2 ** lv) for c in range(2 ** lv)}
+    return pyramid(range(5))
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 
 from _gdal import colour_of, solid_png
 from _tileserver import TileServer
+from _tiles import mapproxy_tiles
 from cacheorch.arcgis_json import service_from_json, tile_servers
 from cacheorch.formats.bundle import BundleReader, parse_bundle_name
 from cacheorch.tiling import web_mercator_scheme
@@ -131,6 +132,7 @@ def test_export_of_a_hosted_layer_spreads_over_tile_servers(cli, hosted_pair, tm
         with BundleReader(path, bundle_row=brow, bundle_col=bcol) as reader:
             got.update({(int(path.parent.name[1:]), r, c): d for r, c, d in reader.tiles()})
     assert got == tiles  # levels 2-4 only (minLOD..maxLOD), every tile, byte for byte
+    assert mapproxy_tiles(output, tiles) == tiles  # and MapProxy's reader agrees
     for srv, parity in ((a, 0), (b, 1)):
         rows = {int(p.split("/")[-2]) for p in srv.requests if "/tile/" in p}
         assert rows and all(r % 2 == parity for r in rows), srv.url

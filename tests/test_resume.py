@@ -13,6 +13,7 @@ from pathlib import Path
 
 from _gdal import colour_of, solid_png
 from _tileserver import TileServer
+from _tiles import mercator_service_json
 from cacheorch.formats.cache import open_cache
 from cacheorch.tiling import web_mercator_scheme
 
@@ -21,12 +22,7 @@ BBOX = "bbox:-179.9,10,179.9,11@4326"  # a thin band: 2 rows × 512 columns = 4 
 
 
 def _service() -> dict:
-    sr = {"wkid": 102100, "latestWkid": 3857}
-    half = 20037508.342787
-    return {"currentVersion": 10.81, "spatialReference": sr,
-            "tileInfo": web_mercator_scheme(LEVEL).to_json(),
-            "fullExtent": {"xmin": -half, "ymin": -half, "xmax": half, "ymax": half,
-                           "spatialReference": sr}}
+    return mercator_service_json(LEVEL)
 
 
 def _bundles_done(catalog: Path) -> int:

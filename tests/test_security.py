@@ -18,6 +18,7 @@ import pytest
 
 from _gdal import colour_of, solid_png
 from _tileserver import TileServer
+from _tiles import mercator_service_json
 from cacheorch.errors import FormatError
 from cacheorch.formats.cache import open_cache
 from cacheorch.runner import default_output
@@ -142,12 +143,7 @@ def test_a_hostile_service_name_cannot_place_the_output_elsewhere(cli, tmp_path:
 # -- tokens ---------------------------------------------------------------------------------------
 
 def _service() -> dict:
-    sr = {"wkid": 102100, "latestWkid": 3857}
-    half = 20037508.342787
-    return {"currentVersion": 10.81, "spatialReference": sr,
-            "tileInfo": web_mercator_scheme(3).to_json(),
-            "fullExtent": {"xmin": -half, "ymin": -half, "xmax": half, "ymax": half,
-                           "spatialReference": sr}}
+    return mercator_service_json(3)
 
 
 def _everything(home: Path, catalog: Path) -> dict[str, bytes]:

@@ -15,20 +15,15 @@ import pytest
 
 from _gdal import colour_of, solid_png
 from _tileserver import TileServer
+from _tiles import mercator_service_json
 from cacheorch.catalog import Catalog
-from cacheorch.tiling import web_mercator_scheme
 
 BBOX = "bbox:-179.9,-0.3,179.9,0.3@4326"  # 12 bundles over levels 8-9 (see test_crash_trials)
 BUNDLES, TILES_PLANNED = 12, 1536
 
 
 def _service() -> dict:
-    sr = {"wkid": 102100, "latestWkid": 3857}
-    half = 20037508.342787
-    return {"currentVersion": 10.81, "spatialReference": sr,
-            "tileInfo": web_mercator_scheme(9).to_json(),
-            "fullExtent": {"xmin": -half, "ymin": -half, "xmax": half, "ymax": half,
-                           "spatialReference": sr}}
+    return mercator_service_json(9)
 
 
 @pytest.mark.slow

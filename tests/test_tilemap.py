@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from _tileserver import TileServer
+from _tiles import all_tiles
 from cacheorch.connection import Connection
-from cacheorch.formats.cache import open_cache
 from cacheorch.formats.png import encode_png
 from cacheorch.interfaces import Service, TileFetcher, TileResult
 from cacheorch.plugins import tilemap as tm
@@ -262,10 +262,7 @@ def test_run_skips_absent_tiles_when_the_service_lists_tilemap(cli, tmp_path: Pa
         assert tilemap_requests(srv)  # one per bundle
     assert sum(lv["tiles_missing"] for lv in report["levels"]) == len(every) - len(present)
     assert sum(lv["tiles_written"] for lv in report["levels"]) == len(present)
-    with open_cache(output) as cache:
-        found = {(lv, r, c): data for lv, br, bc in cache.bundle_keys()
-                 for r, c, data in cache.bundle_tiles(lv, br, bc)}
-    assert found == {k: png(*k) for k in present}
+    assert all_tiles(output) == {k: png(*k) for k in present}
 
 
 def test_no_tilemap_fetches_every_tile(cli, tmp_path: Path):

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from _gdal import colour_of, open_gdal, solid_png, tile_centre_rgba
+from _tiles import mapproxy_tiles
 from cacheorch.connection import Connection
 from cacheorch.errors import AuthError
 from cacheorch.formats.bundle import BundleReader, parse_bundle_name
@@ -425,6 +426,7 @@ def test_job_whose_token_expires_mid_way_completes_without_leaking(cli, creds, s
     assert report["status"] == "completed"
     assert s.refused > 0 and len(s.issued) >= 3  # it expired, more than once
     assert output_tiles(output) == tiles  # every tile, byte for byte
+    assert mapproxy_tiles(output, tiles) == tiles  # and MapProxy's reader agrees
     with open_gdal(output) as ds:  # an independent reader agrees
         assert tile_centre_rgba(ds, scheme, 3, 5, 2)[:3] == colour_of(3, 5, 2)
     secrets = [PASSWORD, *s.issued]
