@@ -10,7 +10,6 @@ one call), splitting a tier to fit a per-job tile limit, and merging several pac
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -189,22 +188,12 @@ def merge_packages(packages: Sequence[Path], request: ExportRequest) -> Path:
 
 
 def place_output(source: Path, output: Path, mode: str) -> Path:
-    """Move a finished file into place: a hard link in ``create`` mode (never clobbering a file
-    that appeared meanwhile), a replace in ``overwrite`` mode."""
-    if mode == "create":
-        try:
-            os.link(source, output)
-            source.unlink()
-            return output
-        except FileExistsError:
-            raise OutputExistsError(f"{output} already exists; choose another output or "
-                                    f"overwrite it") from None
-        except OSError:
-            pass  # file systems without hard links
-    if output.is_dir():
+    """Move a finished package into place (see :func:`~cacheorch.plugins._staging.publish_file`);
+    in overwrite mode a folder output of an earlier run goes first."""
+    from cacheorch.plugins._staging import publish_file
+    if mode != "create" and output.is_dir():
         shutil.rmtree(output)
-    os.replace(source, output)
-    return output
+    return publish_file(source, output, mode)
 
 
 def level_counts(output: Path) -> dict[int, tuple[int, int]]:

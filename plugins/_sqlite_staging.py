@@ -24,7 +24,7 @@ from cacheorch.errors import ExportError, OutputExistsError
 from cacheorch.formats.blank import BlankCounter
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, staging_path
 from cacheorch.plugins._export_common import BundleGuard
-from cacheorch.plugins._staging import MARKER, atomic_write, check_marker, fsync_dir
+from cacheorch.plugins._staging import MARKER, atomic_write, check_marker, publish_file
 from cacheorch.tiling import BUNDLE_SIZE
 
 __all__ = ["TileStore", "SqliteStagingSession", "STAGED_DB"]
@@ -237,19 +237,7 @@ class SqliteStagingSession(ExportSession):
         return self.output
 
     def _publish(self) -> None:
-        output = self.output
-        if self.request.mode == "create":
-            try:  # a hard link refuses to replace: a concurrent writer's output is never clobbered
-                os.link(self.db_path, output)
-                self.db_path.unlink()
-            except FileExistsError:
-                raise OutputExistsError(f"{output} appeared while finishing; choose another "
-                                        f"output or overwrite it") from None
-            except OSError:
-                os.replace(self.db_path, output)
-        else:
-            os.replace(self.db_path, output)
-        fsync_dir(output.parent)
+        publish_file(self.db_path, self.output, self.request.mode, what="finishing")
 
     def discard(self) -> None:
         with self._lock:

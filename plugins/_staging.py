@@ -21,7 +21,7 @@ from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, stagi
 from cacheorch.plugins._export_common import BundleGuard, SkippingSink
 from cacheorch.tiling import Envelope, LevelOfDetail, SpatialReference
 
-__all__ = ["STAGING_SUFFIX", "MARKER", "staging_path", "fsync_dir", "atomic_write",
+__all__ = ["STAGING_SUFFIX", "MARKER", "staging_path", "fsync_dir", "publish_file", "atomic_write",
            "check_marker", "StagedBundle", "StagingSession", "export_extent", "listed_lods", "title_of"]
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,30 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def publish_file(source: Path, output: Path, mode: str, *, what: str = "") -> Path:
+    """Move a finished file to its output name and make the rename durable.
+
+    In ``create`` mode a hard link, which refuses to replace, so an output another writer put
+    there meanwhile is never clobbered (a plain replace where the file system has no hard links);
+    otherwise a replace.
+
+    :param what: what the output was waiting for (``packing``), for the error message.
+    """
+    if mode == "create":
+        try:
+            os.link(source, output)
+            source.unlink()
+        except FileExistsError:
+            raise OutputExistsError(f"{output} appeared{' while ' + what if what else ''}; "
+                                    f"choose another output or overwrite it") from None
+        except OSError:  # file systems without hard links
+            os.replace(source, output)
+    else:
+        os.replace(source, output)
+    fsync_dir(output.parent)
+    return output
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -15,12 +15,11 @@ import zipfile
 from pathlib import Path
 
 from cacheorch import hookimpl
-from cacheorch.errors import OutputExistsError
 from cacheorch.formats.bundle import ARCGIS_RECORD_COUNT
 from cacheorch.formats.png import encode_png
 from cacheorch.formats.rootjson import iteminfo_json, root_json, wgs84_bounds
 from cacheorch.interfaces import ExportRequest, ExportSession, Exporter
-from cacheorch.plugins._staging import StagingSession, export_extent, fsync_dir, title_of
+from cacheorch.plugins._staging import StagingSession, export_extent, publish_file, title_of
 
 __all__ = ["TpkxExporter", "TpkxSession", "thumbnail_png", "cacheorch_register_exporters"]
 
@@ -121,22 +120,10 @@ class TpkxSession(StagingSession):
         tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}")
         try:
             self._pack(tmp)
-            if self.request.mode == "create":
-                # A hard link refuses to replace, so a concurrent writer's output is never clobbered.
-                try:
-                    os.link(tmp, output)
-                    tmp.unlink()
-                except FileExistsError:
-                    raise OutputExistsError(f"{output} appeared while packing; choose another "
-                                            f"output or overwrite it") from None
-                except OSError:  # file systems without hard links
-                    os.replace(tmp, output)
-            else:
-                os.replace(tmp, output)
+            publish_file(tmp, output, self.request.mode, what="packing")
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        fsync_dir(output.parent)
         shutil.rmtree(self.staging, ignore_errors=True)
 
 

@@ -485,3 +485,21 @@ def test_a_packing_killed_midway_is_cleaned_up_by_the_next_commit(tmp_path):
     alive.write_bytes(b"someone else's")
     _export("tpkx", _request(output, web_mercator_scheme(), [0]), {(0, 0, 0): solid_png((1, 1, 1))})
     assert output.is_file() and not (tmp_path / f"a.tpkx.tmp-{dead}").exists() and alive.exists()
+
+
+def test_publish_file_never_clobbers_in_create_mode(tmp_path):
+    """Every exporter and the delegated ones publish through one function: in create mode an
+    output that appeared meanwhile (another job) stays as it was, with a clear error."""
+    from cacheorch.plugins._staging import publish_file
+    output, source = tmp_path / "out.tpkx", tmp_path / "out.tpkx.tmp-1"
+    output.write_bytes(b"someone else's")
+    source.write_bytes(b"ours")
+    with pytest.raises(OutputExistsError, match="appeared while packing"):
+        publish_file(source, output, "create", what="packing")
+    assert output.read_bytes() == b"someone else's" and source.exists()
+    assert publish_file(source, output, "overwrite") == output
+    assert output.read_bytes() == b"ours" and not source.exists()
+    fresh = tmp_path / "new.mbtiles"
+    (tmp_path / "staged").write_bytes(b"db")
+    publish_file(tmp_path / "staged", fresh, "create")
+    assert fresh.read_bytes() == b"db" and not (tmp_path / "staged").exists()
