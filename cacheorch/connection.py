@@ -23,7 +23,7 @@ import requests
 from cacheorch import __version__
 from cacheorch.tokens import TokenProvider
 
-__all__ = ["Connection", "redact_url", "USER_AGENT"]
+__all__ = ["Connection", "redact_url", "USER_AGENT", "AUTH_CODES", "NO_CREDENTIALS_HINT"]
 
 #: Identifies cacheorch to servers, as polite crawlers do.
 USER_AGENT = f"cacheorch/{__version__} (+https://pypi.org/project/cacheorch/)"
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 #: Seconds between attempts to renew a token ahead of expiry once one failed: the tile URL
 #: maker asks on every tile, and a token service that is down must not be called per tile.
 _AHEAD_RETRY = 30.0
+#: What ArcGIS's authorisation codes mean to a user.
+AUTH_CODES = {498: "invalid or expired token", 499: "token required", 403: "access denied"}
+#: Said after a refusal when no credentials were given at all.
+NO_CREDENTIALS_HINT = " (set ARCGIS_TOKEN, or ARCGIS_USERNAME and ARCGIS_PASSWORD)"
 _SECRET_PARAMS = {"token", "password", "client_secret", "apikey", "api_key", "key"}
 
 
@@ -212,6 +216,67 @@ class Connection:
             self._token_lifetime = None if issued.expires is None else issued.expires - time.time()
             return self.token
 
+    def get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
+        """The JSON document at ``url`` (``f=json`` and the token added), renewing the token once.
+
+        The one way service JSON, portal items, tilemaps and job status are read: a 498/499
+        (as an HTTP status or as ArcGIS's error body under HTTP 200) gets a new token from the
+        provider and one more try; other refusals and ArcGIS error bodies become
+        :class:`~cacheorch.errors.AuthError` / :class:`~cacheorch.errors.ServiceError` with a
+        one-line, redacted message.
+        """
+        query = {"f": "json", **(params or {})}
+        response, data = self._get_json_once(url, query)
+        if self.can_renew_token and _wants_token(response, data, self.token):
+            self.renew_token(self.token, url)
+            response, data = self._get_json_once(url, query)
+        return self._json_or_error(url, response, data)
+
+    def _get_json_once(self, url: str, query: dict[str, Any]) -> tuple[requests.Response, Any]:
+        from cacheorch.errors import ServiceError
+        shown = self.redact(url)
+        try:
+            response = self.session.get(url, params=self.params(**query), timeout=self.timeout)
+        except requests.exceptions.Timeout:
+            raise ServiceError(f"{shown}: no answer within {self.timeout:g} s") from None
+        except requests.exceptions.ConnectionError as exc:
+            reason = str(exc.args[0] if exc.args else exc).split(":")[-1].strip(" )'\"") \
+                or "refused"
+            raise ServiceError(f"cannot reach {shown}: {self.redact(reason)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise ServiceError(f"{shown}: {self.redact(type(exc).__name__)}") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        return response, data
+
+    def _json_or_error(self, url: str, response: requests.Response, data: Any) -> Any:
+        from cacheorch.arcgis_json import arcgis_error
+        from cacheorch.errors import AuthError, ServiceError
+        shown = self.redact(url)
+        hint = "" if self.token or self.can_renew_token else NO_CREDENTIALS_HINT
+        error = arcgis_error(data)
+        if error is not None:  # ArcGIS answers errors with HTTP 200 and an error body
+            code, message = error
+            if code in AUTH_CODES:
+                raise AuthError(f"{shown}: {AUTH_CODES[code]} (ArcGIS error {code})"
+                                f"{hint if code != 403 else ''}")
+            raise ServiceError(f"{shown}: ArcGIS error {code}: "
+                               f"{self.redact(message) or 'no message'}")
+        if response.status_code in (498, 499):
+            code = response.status_code
+            raise AuthError(f"{shown}: {AUTH_CODES[code]} (HTTP {code}){hint}")
+        if response.status_code in (401, 403):
+            raise AuthError(f"{shown}: access denied (HTTP {response.status_code})")
+        if response.status_code >= 400:
+            raise ServiceError(f"{shown}: HTTP {response.status_code} {response.reason}")
+        if data is None:
+            kind = response.headers.get("Content-Type", "unknown type").split(";")[0]
+            raise ServiceError(f"{shown} did not answer JSON ({kind}, "
+                               f"{len(response.content)} bytes)")
+        return data
+
     def redact(self, text: Any) -> str:
         """``text`` as a string with the token (and token-like URL parameters) removed."""
         out = str(text)
@@ -230,3 +295,13 @@ class Connection:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+def _wants_token(response: requests.Response, data: object, token: str | None) -> bool:
+    """Whether a (new) token may help: 498/499, or 401/403 while no token was sent."""
+    from cacheorch.arcgis_json import arcgis_error
+    error = arcgis_error(data)
+    code = error[0] if error is not None else None
+    if code in (498, 499) or response.status_code in (498, 499):
+        return True
+    return token is None and (code in (401, 403) or response.status_code in (401, 403))
