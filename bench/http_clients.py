@@ -1,7 +1,7 @@
 """Which HTTP client should fetch tiles in bulk? Measure them side by side against nginx.
 
 Starts nginx (Debian package ``nginx-light``; this script installs nothing) on 127.0.0.1 with
-/work/shared/bench-reference/nginx.conf.tmpl through bench/_nginx.py, serving one fixed ~51.7 KB
+bench/reference/nginx.conf.tmpl through bench/_nginx.py, serving one fixed ~51.7 KB
 PNG for every tile URL, then fetches the same N distinct tile URLs (levels 10-12) with each client
 at each concurrency and prints tiles/s and CPU milliseconds per tile (process CPU: all threads of
 this process; nginx's own CPU is shown apart).
