@@ -32,7 +32,7 @@ from typing import Any
 
 __all__ = [
     "INSTALL_HINT", "REFERENCE", "REFERENCE_TEMPLATE", "REFERENCE_TILE_BYTES", "SERVICE_PATH", "Nginx",
-    "NginxError", "NginxMissing", "bench_service_json", "bench_tile", "find_nginx",
+    "NginxError", "NginxMissing", "bench_service_json", "bench_tile", "find_nginx", "nginx_problem",
 ]
 
 #: The reference set-up the peer figures were measured with: polygon, nginx and MapProxy templates.
@@ -59,6 +59,15 @@ def find_nginx() -> str | None:
     for candidate in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
         if os.access(candidate, os.X_OK):
             return candidate
+    return None
+
+
+def nginx_problem() -> str | None:
+    """Why :class:`Nginx` cannot start here, in one line (no nginx, no reference template), or None."""
+    if find_nginx() is None:
+        return INSTALL_HINT
+    if not REFERENCE_TEMPLATE.is_file():
+        return f"no nginx template at {REFERENCE_TEMPLATE}"
     return None
 
 

@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from bench._nginx import (INSTALL_HINT, REFERENCE, Nginx, NginxError, bench_service_json, bench_tile,
-                              find_nginx)
+    from bench._nginx import (REFERENCE, Nginx, NginxError, bench_service_json, bench_tile,
+                              nginx_problem)
 except ImportError:  # run as a script: bench/ itself is on sys.path
-    from _nginx import (INSTALL_HINT, REFERENCE, Nginx, NginxError,  # type: ignore[no-redef]
-                        bench_service_json, bench_tile, find_nginx)
+    from _nginx import (REFERENCE, Nginx, NginxError,  # type: ignore[no-redef]
+                        bench_service_json, bench_tile, nginx_problem)
 
 MAPPROXY_HINT = 'mapproxy-seed not found: install MapProxy 7 with `.venv/bin/pip install "mapproxy>=7,<8"`'
 TARGET_RATIO = 4.0
@@ -447,8 +447,8 @@ def _main(args: argparse.Namespace) -> int:
     if not args.aoi.is_file():
         raise BenchError(f"AOI file not found: {args.aoi}")
     aoi = args.aoi.resolve()
-    if find_nginx() is None:
-        raise BenchError(INSTALL_HINT)
+    if problem := nginx_problem():
+        raise BenchError(problem)
     mapproxy_seed = None
     if args.only in ("both", "mapproxy"):
         mapproxy_seed = find_mapproxy_seed()
