@@ -295,7 +295,7 @@ class Connection:
 
     def _send_once(self, method: str, url: str, params: dict[str, Any], token: str | None,
                    headers: dict[str, str] | None, stream: bool) -> requests.Response:
-        from cacheorch.errors import ServiceError
+        from cacheorch.errors import CacheorchError, ServiceError
         query = dict(params, token=token) if token else dict(params)
         shown = self.redact(url)
         try:
@@ -309,7 +309,11 @@ class Connection:
             raise ServiceError(f"cannot reach {shown}: no connection within "
                                f"{self.network.connect_timeout:g} s") from None
         except requests.exceptions.RequestException as exc:
-            reason = describe(exc, urlsplit(url).hostname)
+            try:
+                proxy = self.network.proxy_for(url)
+            except CacheorchError:
+                proxy = None
+            reason = describe(exc, urlsplit(url).hostname, proxy)
             raise ServiceError(f"cannot reach {shown}: {self.redact(reason)}") from None
 
     def _json_or_error(self, url: str, response: requests.Response, data: Any) -> Any:

@@ -31,6 +31,7 @@ from shapely.geometry.polygon import orient
 from cacheorch.arcgis_json import arcgis_error
 from cacheorch.connection import AUTH_CODES, NO_CREDENTIALS_HINT, Connection, _peek_json
 from cacheorch.errors import AuthError, ExportError, ServiceError
+from cacheorch.net import describe
 from cacheorch.tiling import SpatialReference, format_levels
 
 __all__ = ["Polling", "Estimate", "ResultFile", "ExportTilesClient", "feature_set",
@@ -360,7 +361,7 @@ class ExportTilesClient:
                         out.flush()
                         os.fsync(out.fileno())
                 except requests.exceptions.RequestException as exc:
-                    last_error = type(exc).__name__
+                    last_error = describe(exc, urlsplit(file.url).hostname)
                     log.info("download of %s interrupted at %d bytes (%s); resuming", shown,
                              part.stat().st_size if part.exists() else 0, last_error)
                     continue

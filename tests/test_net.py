@@ -228,6 +228,24 @@ def test_https_proxy_url_tls_to_the_proxy_for_both_clients(ca: CA,
     assert kinds.count("CONNECT") == 2 and kinds.count("GET") == 2
 
 
+def test_proxy_failures_are_reported_in_the_same_words(ca: CA, tls_server: TileServer) -> None:
+    with ProxyServer(require_auth="Basic dXNlcjpwQHNz") as proxy:  # no credentials given
+        network = settings(ca_bundle=str(ca.cert), environ={"HTTPS_PROXY": proxy.url})
+        assert_both_fail(network, tls_server, "proxy refused CONNECT to 127.0.0.1")
+        assert_both_fail(network, tls_server, "HTTP 407 Proxy Authentication Required")
+    with socket.socket() as sock:  # a proxy nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        down = sock.getsockname()[1]
+    network = settings(ca_bundle=str(ca.cert), environ={"HTTPS_PROXY": f"127.0.0.1:{down}"})
+    assert_both_fail(network, tls_server,
+                     f"cannot connect to proxy 127.0.0.1:{down}: connection refused")
+    with ProxyServer() as proxy, TLSFront(int(proxy.url.rsplit(":", 1)[1]),
+                                          ca.server_context()) as front:
+        assert_both_fail(settings(environ={"HTTPS_PROXY": front.url}), tls_server,
+                         "proxy certificate verify failed: unable to get local issuer "
+                         "certificate for 127.0.0.1")
+
+
 @pytest.mark.parametrize("scheme", ["socks5", "socks5h", "socks4"])
 def test_socks_proxies_are_refused_in_words(scheme: str) -> None:
     with TileServer(TILES, service=mercator_service_json(1)) as srv:

@@ -349,10 +349,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
-def describe(exc: BaseException, host: str | None = None) -> str:
+def describe(exc: BaseException, host: str | None = None, proxy: Proxy | None = None) -> str:
     """Why a request failed, in words, from any client's exception (never a class name alone).
 
     :param host: the host talked to, named in TLS failures.
+    :param proxy: the proxy the request went through, if any, named when it is the one failing.
     """
     chain = _chain(exc)
     where = host or "the server"
@@ -360,10 +361,11 @@ def describe(exc: BaseException, host: str | None = None) -> str:
     for e in chain:
         if isinstance(e, ProxyNotSupportedError):
             return str(e)
-    proxy = "ProxyError" in names
+    via_proxy = "ProxyError" in names
     for e in chain:
         if isinstance(e, ssl.SSLError):
-            return ("proxy: " if proxy and "certificate" not in str(e) else "") + tls_words(e, where)
+            return ("proxy " if via_proxy and proxy is not None and proxy.tls else "") + \
+                tls_words(e, proxy.host if via_proxy and proxy is not None else where)
     for e in chain:
         text = str(e)
         if isinstance(e, http.client.BadStatusLine) and not isinstance(
@@ -371,14 +373,17 @@ def describe(exc: BaseException, host: str | None = None) -> str:
             line = str(e.args[0] if e.args else "").strip()[:60]
             return f"not an HTTP response: {line!r}" if line else "not an HTTP response"
         if isinstance(e, ConnectionRefusedError) or "Connection refused" in text:
-            return ("proxy refused the connection" if proxy else "connection refused")
+            if via_proxy and proxy is not None:
+                return f"cannot connect to proxy {proxy.host}:{proxy.port}: connection refused"
+            return "connection refused"
         if isinstance(e, ConnectionResetError):
             return "connection reset by the server"
         if "RemoteDisconnected" in type(e).__name__ or "without response" in text:
             return "the server closed the connection without answering"
         if "Tunnel connection failed" in text:
-            return "proxy refused the tunnel: " + text.split("Tunnel connection failed:", 1)[1] \
-                .strip(" ')\"")
+            why = text.split("Tunnel connection failed:", 1)[1].strip(" ')\"")
+            to = f" to {host}" if host else ""
+            return f"proxy refused CONNECT{to}: HTTP {why}"
     if names & {"ConnectTimeout", "ConnectTimeoutError"}:
         return "no connection within the connect timeout"
     if names & {"ReadTimeout", "ReadTimeoutError", "TimeoutError"}:
