@@ -378,6 +378,8 @@ def _peek_json(response: requests.Response, stream: bool) -> Any:
     ctype = response.headers.get("Content-Type", "")
     if stream and "json" not in ctype and not ctype.startswith("text/plain"):
         return None
+    if not stream and b'"error"' not in response.content[:512]:
+        return None  # not an error body: a large document is not parsed twice
     return _json_of(response)
 
 

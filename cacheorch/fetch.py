@@ -1019,10 +1019,10 @@ class TileFetchEngine:
     async def _connect(self, origin: _Origin) -> _Conn:
         loop = self._loop
         assert loop is not None
-        if self._ssl is None and (origin.scheme == "https" or origin.proxy is not None):
+        proxy = origin.proxy
+        if self._ssl is None and (origin.scheme == "https" or (proxy is not None and proxy.tls)):
             self._ssl = self.network.ssl_context()
         ssl_ctx = self._ssl if origin.scheme == "https" else None
-        proxy = origin.proxy
         conn = _Conn(loop, self._conns)
         # TLS from here to the first hop: the proxy when it is an https:// one, else the origin
         first_tls = self._ssl if proxy is not None and proxy.tls else \

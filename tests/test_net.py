@@ -370,3 +370,20 @@ def test_settings_survive_pickling_for_dask_workers(ca: CA, tls_server: TileServ
     assert copy == network
     assert_both_ok(copy, tls_server)
     assert isinstance(copy.ssl_context(), ssl.SSLContext)
+
+
+def test_a_whole_job_goes_through_one_configuration(ca: CA, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Service JSON, tilemaps and tiles of ``run``: one CA (the flag), one proxy (the env)."""
+    service = dict(mercator_service_json(1), capabilities="Map,TilesOnly,Tilemap")
+    with TileServer(TILES, service=service, tilemap=True,
+                    ssl_context=ca.server_context()) as srv, ProxyServer() as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        result = run_cli("run", "--service", srv.url, "--levels", "0-1", "--exporter",
+                         "compact-v2", "--output", str(tmp_path / "out"), "--json",
+                         "--ca-bundle", str(ca.cert))
+        paths = set(srv.requests)
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "completed"
+    assert any("/tilemap/" in p for p in paths) and any("/tile/" in p for p in paths)
+    assert proxy.seen and {m for m, _ in proxy.seen} == {"CONNECT"}  # nothing went around it

@@ -240,9 +240,14 @@ class NetworkSettings:
         """The same settings with one timeout for connecting and reading (a script's ``timeout=``)."""
         return replace(self, connect_timeout=seconds, read_timeout=seconds)
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """The trust store of every TLS connection (servers and ``https://`` proxies), shared."""
-        return _context(self.ca_bundles)
+    def ssl_context(self, client: str = "tiles") -> ssl.SSLContext:
+        """The trust store of every TLS connection (servers and ``https://`` proxies).
+
+        One context per ``client`` and trust store, built the same way from the same files: urllib3
+        sets options on the context it is given (verify mode, ALPN), which must not reach the
+        tile engine's.
+        """
+        return _context(self.ca_bundles, client)
 
     def __getstate__(self) -> dict[str, object]:
         state = dict(self.__dict__)
@@ -270,8 +275,8 @@ def _seconds(flag: float | None, conf: Mapping[str, str], key: str, where: str,
     return float(value)
 
 
-@functools.lru_cache(maxsize=8)
-def _context(bundles: tuple[tuple[str, str], ...]) -> ssl.SSLContext:
+@functools.lru_cache(maxsize=16)
+def _context(bundles: tuple[tuple[str, str], ...], client: str) -> ssl.SSLContext:
     """One context per trust store: the given bundles only, or the system's.
 
     A system store with no CA at all (some minimal containers, python.org macOS builds) falls

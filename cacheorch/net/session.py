@@ -48,11 +48,11 @@ class NetworkAdapter(HTTPAdapter):
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False,
                          **pool_kwargs: Any) -> None:
-        pool_kwargs["ssl_context"] = self.settings.ssl_context()
+        pool_kwargs["ssl_context"] = self.settings.ssl_context("requests")
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        context = self.settings.ssl_context()
+        context = self.settings.ssl_context("requests")
         proxy_kwargs.setdefault("ssl_context", context)
         if proxy.lower().startswith("https://"):
             proxy_kwargs.setdefault("proxy_ssl_context", context)
@@ -63,7 +63,7 @@ class NetworkAdapter(HTTPAdapter):
         host, pool = super().build_connection_pool_key_attributes(request, True, cert)
         pool.pop("ca_certs", None)
         pool.pop("ca_cert_dir", None)
-        pool["ssl_context"] = self.settings.ssl_context()
+        pool["ssl_context"] = self.settings.ssl_context("requests")
         return host, pool
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
