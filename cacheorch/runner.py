@@ -233,7 +233,7 @@ class _Run:
         missing, failed = found
         path = self.session.bundle_path(*key)
         keys = [TileKey(key[0], r, c) for r, c in sorted(failed)]
-        if not path.is_file() or not keys or not set(keys) <= set(bundle.keys()):
+        if not self.session.has_bundle(*key) or not keys or not set(keys) <= set(bundle.keys()):
             return None
         state = _OpenBundle(bundle, missing=missing, seen=bundle.tile_count - len(keys))
         skip = set(failed)

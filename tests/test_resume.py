@@ -113,3 +113,40 @@ def test_resume_keeps_the_levels_first_chosen(tmp_path: Path, cli) -> None:
         assert [lv["level"] for lv in json.loads(again.stdout)["levels"]] == [0, 1, 2, 3]
     with open_cache(output) as cache:
         assert cache.scheme.min_lod == 0 and cache.scheme.max_lod == 3
+
+
+def test_resume_refetches_done_bundles_whose_staged_file_is_gone_or_damaged(tmp_path: Path,
+                                                                            cli) -> None:
+    """The catalog says done, but the staged bundle was deleted or cut short (a disk error, a
+    clean-up script): resume fetches it again instead of publishing a package with holes."""
+    from _gdal import open_gdal, tile_centre_rgba
+    from _tiles import all_tiles, pyramid
+    tiles = pyramid(range(4))  # one bundle per level
+    output = tmp_path / "out.tpkx"
+    staged = output.with_name(output.name + ".partial") / "tile"
+    with TileServer(tiles, service=_service(), fail_always={(3, 1, 1)}) as srv:
+        first = cli("run", "--service", srv.url, "--levels", "0-3", "--output", str(output),
+                    "--json")
+        assert first.code == 1, first.stderr  # partial: level 3's bundle has a failed tile
+        job_id = json.loads(first.stdout)["job_id"]
+        bundles = {p.parent.name: p for p in staged.rglob("*.bundle")}
+        assert sorted(bundles) == ["L00", "L01", "L02", "L03"]  # L03 staged with its hole
+        bundles["L02"].unlink()  # gone
+        with open(bundles["L01"], "r+b") as f:  # damaged: cut in the middle of its tiles
+            f.truncate(bundles["L01"].stat().st_size - 300)
+        srv.fail_always.clear()
+        before = dict(srv.requests)
+        again = cli("resume", str(job_id), "--json")
+        assert again.code == 0, again.stderr
+        report = json.loads(again.stdout)
+        refetched = {p for p, n in srv.requests.items() if "/tile/" in p and n > before.get(p, 0)}
+    assert report["status"] == "completed"
+    assert report["tiles_written"] == len(tiles)
+    assert all_tiles(output) == tiles
+    # the untouched bundle of level 0 was kept; levels 1 and 2 (and 3) were fetched again
+    assert srv.tile_path(0, 0, 0) not in refetched
+    assert {srv.tile_path(lv, r, c) for lv, r, c in tiles if lv in (1, 2)} <= refetched
+    scheme = web_mercator_scheme(3)
+    with open_gdal(output) as ds:  # GDAL reads the resumed package whole, level 1 included
+        for key in [(1, 1, 1), (2, 3, 3), (0, 0, 0)]:
+            assert tile_centre_rgba(ds, scheme, *key)[:3] == colour_of(*key)
