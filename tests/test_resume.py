@@ -54,6 +54,16 @@ def test_sigkill_then_resume_skips_finished_bundles(tmp_path: Path, cli) -> None
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no bundle finished within 60 s"
             time.sleep(0.02)
+        # while it runs: shown running; a second job on its output and a resume are refused
+        # naming it (the second job's own catalog row is never created)
+        live = json.loads(cli("jobs", "--json").stdout)["jobs"]
+        assert [j["status"] for j in live] == ["running"]
+        second = cli("run", "--service", srv.url, "--levels", str(LEVEL), "--aoi", BBOX,
+                     "--output", str(output))
+        assert second.code == 2 and f"job {live[0]['id']} is running on {output}" in \
+            second.stderr, second.stderr
+        refused = cli("resume", str(live[0]["id"]))
+        assert refused.code == 2 and f"is running in process {proc.pid}" in refused.stderr
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         con = sqlite3.connect(catalog)
@@ -67,7 +77,14 @@ def test_sigkill_then_resume_skips_finished_bundles(tmp_path: Path, cli) -> None
         srv.delay = 0
 
         jobs = json.loads(cli("jobs", "--json").stdout)["jobs"]
-        assert jobs[0]["status"] == "running"  # killed: nobody could record otherwise
+        # killed: it could not record that, but its process is gone, so it shows interrupted
+        assert [j["status"] for j in jobs] == ["interrupted"]
+        assert f"pid {proc.pid} on " in jobs[0]["error"] and "resume" in jobs[0]["error"]
+        shown = cli("job", str(jobs[0]["id"]))
+        assert shown.stdout.startswith(f"job {jobs[0]['id']} interrupted"), shown.stdout
+        raw = sqlite3.connect(catalog)
+        assert raw.execute("select status from jobs").fetchall() == [("running",)]  # only shown
+        raw.close()
         result = cli("resume", str(jobs[0]["id"]), "--json")
         assert result.code == 0, result.stderr
         report = json.loads(result.stdout)
