@@ -470,6 +470,17 @@ def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
               session: ExportSession, outcome: JobOutcome, output: Path,
               connection: Connection) -> JobOutcome:
     totals = _totals(catalog, job_id, outcome)
+    if not (totals.failed or totals.written or totals.kept) and totals.missing \
+            and not plan.spec.allow_empty:
+        totals.status = "failed"
+        totals.message = (f"the service has no tiles where job {job_id} asked: all "
+                          f"{totals.missing:,} planned tile(s) were missing{_why_empty(plan)}; "
+                          f"nothing was written to {output} (--allow-empty writes it anyway)")
+        catalog.set_status(job_id, "failed", error=totals.message)
+        session.discard()
+        emit(plugins.pm, JobFinished(job_id, status="failed", output=""))
+        totals.output = ""
+        return totals
     if totals.failed and not plan.spec.allow_partial:
         totals.status = "partial"
         totals.message = (f"{totals.failed} tile(s) failed; nothing was written to {output} "
@@ -506,6 +517,23 @@ def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
         catalog.set_status(job_id, "completed")
     emit(plugins.pm, JobFinished(job_id, status=totals.status, output=str(final)))
     return totals
+
+
+def _why_empty(plan: JobPlan) -> str:
+    """What the service's own description says about a job that found no tile ("" if nothing)."""
+    from cacheorch.tiling import format_levels
+    service = plan.service
+    why = []
+    if service.single_fused_cache is False:
+        why.append("its JSON says singleFusedMapCache: false, so /tile serves none of its cache")
+    undrawn: dict[str, list[int]] = {}
+    for lv in plan.levels:
+        if service.draws_at(lv.lod.scale):
+            undrawn.setdefault(service.draws_at(lv.lod.scale), []).append(lv.lod.level)
+    for reason, levels in undrawn.items():
+        why.append(f"level(s) {format_levels(levels)} are {reason} (--policy service-limits "
+                   "leaves them out)")
+    return f" ({'; '.join(why)})" if why else ""
 
 
 #: The catalog event recorded just before an output is published.

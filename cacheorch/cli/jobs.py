@@ -45,6 +45,9 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "copied, not fetched again)."),
         click.option("--allow-partial", is_flag=True, default=None,
                      help="Write the output even if some tiles failed (the job ends partial)."),
+        click.option("--allow-empty", is_flag=True, default=None,
+                     help="Write the output even if the service had no tile where the job asked "
+                          "(default: such a job fails, exit 1, and writes nothing)."),
         click.option("--tilemap/--no-tilemap", default=None,
                      help="Ask the service's /tilemap per bundle and skip absent tiles (default: "
                           "when the service lists Tilemap)."),
