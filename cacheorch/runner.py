@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from cacheorch.catalog import Catalog
     from cacheorch.pluginmanager import Plugins
 
-__all__ = ["JobOutcome", "run_job", "default_output", "record_job_start"]
+__all__ = ["JobOutcome", "run_job", "default_output", "record_job_start", "live_job",
+           "check_resumable"]
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def record_job_start(catalog: Catalog, plan: JobPlan, output: Path, job_id: int 
     return job_id
 
 
-def _live_job(catalog: Catalog, job: dict[str, Any]) -> dict[str, Any]:
+def live_job(catalog: Catalog, job: dict[str, Any]) -> dict[str, Any]:
     """The job as :func:`~cacheorch.catalog.liveness.shown_status` sees it (a running job
     whose process is gone is interrupted)."""
     from cacheorch.catalog.liveness import shown_status
@@ -120,7 +121,7 @@ def _staging_taken(catalog: Catalog, output: Path, staging: Path) -> OutputExist
     for job in catalog.list_jobs():
         if job.get("output") != str(output) or job.get("status") == "completed":
             continue
-        job = _live_job(catalog, job)
+        job = live_job(catalog, job)
         if job["status"] == "running":
             return OutputExistsError(
                 f"job {job['id']} is running on {output} (process {job.get('pid')}); wait for it "

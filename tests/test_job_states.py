@@ -106,6 +106,8 @@ def _catalog_with_running_job(path: Path, pid: int, host: str | None) -> int:
     return job_id
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(),
+                    reason="a process's start time is read from /proc (Linux)")
 def test_a_running_job_whose_pid_was_reused_later_is_interrupted(tmp_path: Path, cli) -> None:
     """The pid recorded is alive, but it is a process started after the job: not the job's."""
     import socket

@@ -303,9 +303,9 @@ def resume_command(app: App, job_id: int, token: str | None, as_json: bool,
 @click.pass_obj
 def jobs_command(app: App, as_json: bool) -> None:
     """List the jobs in the catalog, newest first."""
-    from cacheorch.runner import _live_job
+    from cacheorch.runner import live_job
     with app.open_catalog(read_only=True) as catalog:
-        jobs = [_live_job(catalog, job) for job in catalog.list_jobs()]
+        jobs = [live_job(catalog, job) for job in catalog.list_jobs()]
     if as_json:
         _emit_json({"jobs": jobs})
         return
@@ -326,9 +326,9 @@ def jobs_command(app: App, as_json: bool) -> None:
 def job_command(app: App, job_id: int, as_json: bool) -> None:
     """Show one job: its extracted scales (levels), their tile counts, failed tiles, and the
     messages of the server, arcpy or the exporter."""
-    from cacheorch.runner import _live_job
+    from cacheorch.runner import live_job
     with app.open_catalog(read_only=True) as catalog:
-        job = _live_job(catalog, catalog.get_job(job_id))
+        job = live_job(catalog, catalog.get_job(job_id))
         messages = catalog.job_messages(job_id)
     data = _job_json(job, job.get("error") or "") | {"messages": messages}
     if as_json:
