@@ -111,6 +111,10 @@ def test_a_job_where_every_tile_is_missing_fails_saying_so_and_writes_nothing(
         cli, tmp_path: Path, said: dict, why: str | None) -> None:
     output = tmp_path / "out.tpkx"
     with TileServer({}, service=mercator_service_json(6) | said) as srv:
+        planned = json.loads(cli("plan", "--service", srv.url, "--levels", "0-2", "--json").stdout)
+        assert bool(planned["warnings"]) == bool(why)
+        assert ("warning  the service says singleFusedMapCache: false" in cli(
+            "plan", "--service", srv.url, "--levels", "0-2").stdout) == bool(why)
         result = cli("run", "--service", srv.url, "--levels", "0-2", "--output", str(output),
                      "--json")
         assert result.code == 1, result.stderr

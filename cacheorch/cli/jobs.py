@@ -99,7 +99,16 @@ def _plan_json(plan: JobPlan) -> dict[str, Any]:
             "service": plan.service.location, "exporter": plan.spec.exporter.name,
             "tiles_planned": plan.tiles, "policies": list(plan.policy_notes),
             "levels": [lv.to_json() for lv in plan.levels],
-            "decisions": [d.to_json() for d in plan.decisions], "errors": []}
+            "decisions": [d.to_json() for d in plan.decisions], "errors": [],
+            "warnings": _service_warnings(plan)}
+
+
+def _service_warnings(plan: JobPlan) -> list[str]:
+    """What the service says that makes a job likely to find no tile."""
+    if plan.service.single_fused_cache is False:
+        return ["the service says singleFusedMapCache: false: /tile may serve none of its cache "
+                "(a job that finds no tile fails)"]
+    return []
 
 
 @click.command("plan")
@@ -129,6 +138,8 @@ def plan_command(app: App, as_json: bool, token: str | None, html_path: str | No
     svc = plan.service
     click.echo(f"service  {svc.location} ({svc.kind}, {svc.scheme.spatial_reference}, "
                f"{svc.scheme.tile_cols}×{svc.scheme.tile_rows} px {svc.scheme.tile_format})")
+    for warning in _service_warnings(plan):
+        click.echo(f"warning  {warning}")
     for note in plan.policy_notes:
         click.echo(f"policy   {note}")
     click.echo(f"{'level':>5}  {'scale':>16}  {'resolution':>18}  {'tiles':>12}  area")
