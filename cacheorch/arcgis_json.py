@@ -133,6 +133,7 @@ def service_from_json(location: str, data: Any) -> Service:
                              if c.strip())
     servers = tile_servers(location, data.get("tileServers"))
     max_export = data.get("maxExportTilesCount")
+    fused = data.get("singleFusedMapCache")
     return Service(
         location=location, scheme=scheme, kind=kind, name=service_name(location, data),
         capabilities=capabilities, tile_servers=servers,
@@ -142,7 +143,16 @@ def service_from_json(location: str, data: Any) -> Service:
         description=str(data.get("serviceDescription") or data.get("description") or ""),
         copyright=str(data.get("copyrightText") or ""),
         storage_format=storage_format(data),
+        min_scale=_scale_limit(data.get("minScale")), max_scale=_scale_limit(data.get("maxScale")),
+        single_fused_cache=fused if isinstance(fused, bool) else None,
     )
+
+
+def _scale_limit(value: Any) -> float | None:
+    """A minScale / maxScale: a positive scale, or None (0 or absent means no limit)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return None
+    return float(value)
 
 
 def tile_servers(location: str, value: Any) -> tuple[str, ...]:

@@ -86,6 +86,32 @@ class Service:
     storage_format: str | None = None
     #: How complete each level is, for sources that know (a server cache's Status.gdb).
     level_status: tuple[LevelStatus, ...] = ()
+    #: The scales the service draws at (REST ``minScale``/``maxScale``, a cache folder's
+    #: conf.properties), None where unlimited or not said; levels beyond them hold no tiles.
+    min_scale: float | None = None
+    max_scale: float | None = None
+    #: REST ``singleFusedMapCache``: False means ``/tile`` serves nothing (None: not said).
+    single_fused_cache: bool | None = None
+    #: Exactly the levels a local cache holds tiles at, when known (None: the scheme's
+    #: ``tiled_levels``, i.e. ``minLOD..maxLOD``).
+    levels_with_tiles: frozenset[int] | None = None
+
+    @property
+    def tiled_levels(self) -> tuple[int, ...]:
+        """The levels that hold tiles: the scheme's range, less the levels a cache lacks."""
+        levels = self.scheme.tiled_levels
+        if self.levels_with_tiles is None:
+            return levels
+        return tuple(level for level in levels if level in self.levels_with_tiles)
+
+    def draws_at(self, scale: float) -> str:
+        """Why the service draws nothing at ``scale`` ("" when it does): outside minScale /
+        maxScale (compared within 1e-6, as levels are matched to scales)."""
+        if self.min_scale and scale > self.min_scale * (1 + 1e-6):
+            return f"coarser than the service's minScale 1:{self.min_scale:,.0f}"
+        if self.max_scale and scale < self.max_scale * (1 - 1e-6):
+            return f"finer than the service's maxScale 1:{self.max_scale:,.0f}"
+        return ""
 
     @property
     def full_extent(self) -> Envelope | None:

@@ -139,7 +139,7 @@ def decide_levels(plugins: Plugins, service: Service, policies: Sequence[PluginS
     if not policies:
         raise UsageError("no levels chosen: give --levels (e.g. 0-8), --scales or --policy")
     scheme = service.scheme
-    tiled = set(scheme.tiled_levels)
+    tiled = set(service.tiled_levels)
     levels = [lod for lod in scheme.lods if lod.level in tiled]
     steps: dict[int, list[tuple[str, str, bool, str]]] = {lod.level: [] for lod in scheme.lods}
     for lod in scheme.lods:

@@ -60,6 +60,8 @@ class JobSpec:
     mode: str = "create"
     referer: str | None = None
     allow_partial: bool = False
+    #: Write the output even when the service had no tile at all where the job asked.
+    allow_empty: bool = False
     #: Ask ``/tilemap`` per bundle first: None = when the service lists Tilemap.
     tilemap: bool | None = None
     #: Politeness: a User-Agent to send instead of cacheorch's, and requests per second at most.
@@ -103,6 +105,7 @@ class JobSpec:
                    output=data.get("output"), workers=int(data.get("workers", DEFAULT_WORKERS)),
                    mode=data.get("mode", "create"), referer=data.get("referer"),
                    allow_partial=bool(data.get("allow_partial", False)),
+                   allow_empty=bool(data.get("allow_empty", False)),
                    tilemap=data.get("tilemap"), **_politeness_from(data), executor=data.get("executor", "local"),
                    scheduler=data.get("scheduler"))
 
@@ -130,7 +133,8 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
         (lambda key: f"--{key}")
 
     known = {"service", "source", "levels", "scales", "policy", "aoi", "exporter", "output",
-             "workers", "mode", "referer", "allow_partial", "tilemap", "executor", "scheduler"}
+             "workers", "mode", "referer", "allow_partial", "allow_empty", "tilemap", "executor",
+             "scheduler"}
     known |= _POLITENESS_KEYS
     for key in section:
         if key not in known:
@@ -188,6 +192,8 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
         raise ConfigError(f"{where('mode')}: {mode!r} is not one of create, overwrite, merge")
     allow_partial = bool(flags.get("allow_partial")) or \
         _BOOLEANS.get(section.get("allow_partial", "").lower()) is True
+    allow_empty = bool(flags.get("allow_empty")) or \
+        _BOOLEANS.get(section.get("allow_empty", "").lower()) is True
     tilemap = flags.get("tilemap")
     if tilemap is None and section.get("tilemap", "").strip():
         value = section["tilemap"].strip().lower()
@@ -207,7 +213,8 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
                           "executor (--executor dask)")
     spec = JobSpec(service=location, name=job_name, source=source, policies=tuple(policies),
                    areas=areas, exporter=exporter, output=output, workers=workers, mode=mode,
-                   referer=referer, allow_partial=allow_partial, tilemap=tilemap,
+                   referer=referer, allow_partial=allow_partial, allow_empty=allow_empty,
+                   tilemap=tilemap,
                    executor=executor, scheduler=scheduler, **_politeness(flags, section, where))
     return spec
 

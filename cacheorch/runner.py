@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from cacheorch.catalog import Catalog
     from cacheorch.pluginmanager import Plugins
 
-__all__ = ["JobOutcome", "run_job", "default_output", "record_job_start"]
+__all__ = ["JobOutcome", "run_job", "default_output", "record_job_start", "live_job",
+           "check_resumable"]
 
 log = logging.getLogger(__name__)
 
@@ -88,30 +89,48 @@ def default_output(plan: JobPlan) -> Path:
 def record_job_start(catalog: Catalog, plan: JobPlan, output: Path, job_id: int | None) -> int:
     """Record a new job (its service, parameters and planned levels), or mark ``job_id`` running
     again on resume; return the job's id. Shared by tile-fetching and delegated exports."""
+    from cacheorch.catalog.liveness import PROCESS_EVENT, process_message
     if job_id is not None:
         catalog.set_status(job_id, "running")
+        catalog.add_event(job_id, PROCESS_EVENT, process_message())
         return job_id
     scheme = plan.service.scheme
     service_id = catalog.ensure_service(
         url=plan.service.location, name=plan.service.name, kind=plan.service.kind,
         fingerprint=scheme.fingerprint(), scheme=scheme.to_json())
     params = plan.spec.to_parameters() | {"output": str(output), "fingerprint": scheme.fingerprint()}
-    return catalog.create_job(
+    job_id = catalog.create_job(
         name=plan.spec.name, service_id=service_id, service_url=plan.service.location,
         exporter=plan.spec.exporter.name, output=str(output), parameters=params,
         levels=[lv.to_json() | {"area_name": lv.area_label} for lv in plan.levels])
+    catalog.add_event(job_id, PROCESS_EVENT, process_message())
+    return job_id
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def live_job(catalog: Catalog, job: dict[str, Any]) -> dict[str, Any]:
+    """The job as :func:`~cacheorch.catalog.liveness.shown_status` sees it (a running job
+    whose process is gone is interrupted)."""
+    from cacheorch.catalog.liveness import shown_status
+    events = catalog.events(job["id"]) if job.get("status") == "running" else []
+    return shown_status(job, events)
+
+
+def _staging_taken(catalog: Catalog, output: Path, staging: Path) -> OutputExistsError:
+    """The error for a new job on an output whose staging folder exists: another job is running
+    on it, or an interrupted one (named when the catalog knows it) left it."""
+    for job in catalog.list_jobs():
+        if job.get("output") != str(output) or job.get("status") == "completed":
+            continue
+        job = live_job(catalog, job)
+        if job["status"] == "running":
+            return OutputExistsError(
+                f"job {job['id']} is running on {output} (process {job.get('pid')}); wait for it "
+                f"to finish, or choose another output")
+        return OutputExistsError(f"{staging} holds the bundles of job {job['id']} "
+                                 f"({job['status']}); finish it with: cacheorch resume {job['id']}, "
+                                 f"or remove that folder")
+    return OutputExistsError(f"{staging} holds an interrupted job's bundles; resume it "
+                             f"(cacheorch jobs lists it) or remove that folder")
 
 
 class _Run:
@@ -233,7 +252,7 @@ class _Run:
         missing, failed = found
         path = self.session.bundle_path(*key)
         keys = [TileKey(key[0], r, c) for r, c in sorted(failed)]
-        if not path.is_file() or not keys or not set(keys) <= set(bundle.keys()):
+        if not self.session.has_bundle(*key) or not keys or not set(keys) <= set(bundle.keys()):
             return None
         state = _OpenBundle(bundle, missing=missing, seen=bundle.tile_count - len(keys))
         skip = set(failed)
@@ -365,8 +384,7 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
     output = output.absolute()
     staging = staging_path(output)
     if not resumed and staging.exists():
-        raise OutputExistsError(f"{staging} holds an interrupted job's bundles; resume it "
-                                f"(cacheorch jobs lists it) or remove that folder")
+        raise _staging_taken(catalog, output, staging)
     if resumed and _published(catalog, job_id, plan, output, staging):  # type: ignore[arg-type]
         return _finish_published(plugins, catalog, job_id, output, staging)  # type: ignore[arg-type]
     if resumed and plan.spec.mode == "create" and output.exists() and not staging.exists():
@@ -420,8 +438,22 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
         if interrupted:
             raise JobFailedError(f"job {job_id} interrupted; finish it with: cacheorch resume "
                                  f"{job_id}") from None
-        raise
-    return _conclude(plugins, catalog, plan, job_id, session, run.outcome, output)
+        raise _job_failed(exc, job_id, connection) from exc
+    return _conclude(plugins, catalog, plan, job_id, session, run.outcome, output, connection)
+
+
+def _job_failed(exc: BaseException, job_id: int, connection: Connection) -> BaseException:
+    """An error that ended a recorded job: exit 1 (the job failed, resumable), never 2 (bad
+    input, nothing written), whatever raised it: a full disk, a file that cannot be written."""
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        said = f"{where}{exc.strerror or exc}"
+    elif isinstance(exc, CacheorchError) and exc.exit_code != 1:
+        said = str(exc)
+    else:
+        return exc
+    return JobFailedError(f"job {job_id} failed: {connection.redact(said)}; once that is fixed, "
+                          f"finish it with: cacheorch resume {job_id}")
 
 
 def _totals(catalog: Catalog, job_id: int, outcome: JobOutcome) -> JobOutcome:
@@ -436,8 +468,20 @@ def _totals(catalog: Catalog, job_id: int, outcome: JobOutcome) -> JobOutcome:
 
 
 def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
-              session: ExportSession, outcome: JobOutcome, output: Path) -> JobOutcome:
+              session: ExportSession, outcome: JobOutcome, output: Path,
+              connection: Connection) -> JobOutcome:
     totals = _totals(catalog, job_id, outcome)
+    if not (totals.failed or totals.written or totals.kept) and totals.missing \
+            and not plan.spec.allow_empty:
+        totals.status = "failed"
+        totals.message = (f"the service has no tiles where job {job_id} asked: all "
+                          f"{totals.missing:,} planned tile(s) were missing{_why_empty(plan)}; "
+                          f"nothing was written to {output} (--allow-empty writes it anyway)")
+        catalog.set_status(job_id, "failed", error=totals.message)
+        session.discard()
+        emit(plugins.pm, JobFinished(job_id, status="failed", output=""))
+        totals.output = ""
+        return totals
     if totals.failed and not plan.spec.allow_partial:
         totals.status = "partial"
         totals.message = (f"{totals.failed} tile(s) failed; nothing was written to {output} "
@@ -454,7 +498,7 @@ def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
         final = session.commit()
     except BaseException as exc:
         catalog.set_status(job_id, "failed", error=str(exc))
-        raise
+        raise _job_failed(exc, job_id, connection) from exc
     session.discard()
     totals.output = str(final)
     # Exporters that leave out blank tiles or store identical ones once say how many.
@@ -474,6 +518,23 @@ def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
         catalog.set_status(job_id, "completed")
     emit(plugins.pm, JobFinished(job_id, status=totals.status, output=str(final)))
     return totals
+
+
+def _why_empty(plan: JobPlan) -> str:
+    """What the service's own description says about a job that found no tile ("" if nothing)."""
+    from cacheorch.tiling import format_levels
+    service = plan.service
+    why = []
+    if service.single_fused_cache is False:
+        why.append("its JSON says singleFusedMapCache: false, so /tile serves none of its cache")
+    undrawn: dict[str, list[int]] = {}
+    for lv in plan.levels:
+        if service.draws_at(lv.lod.scale):
+            undrawn.setdefault(service.draws_at(lv.lod.scale), []).append(lv.lod.level)
+    for reason, levels in undrawn.items():
+        why.append(f"level(s) {format_levels(levels)} are {reason} (--policy service-limits "
+                   "leaves them out)")
+    return f" ({'; '.join(why)})" if why else ""
 
 
 #: The catalog event recorded just before an output is published.
@@ -508,9 +569,15 @@ def _finish_published(plugins: Plugins, catalog: Catalog, job_id: int, output: P
     return totals
 
 
-def check_resumable(job: dict[str, Any]) -> None:
-    """Refuse to resume a finished job or one another process is running."""
+def check_resumable(job: dict[str, Any], events: list[dict[str, Any]] | None = None) -> None:
+    """Refuse to resume a finished job or one another process is running (``events``: the
+    job's, which name the process of its latest run)."""
+    from cacheorch.catalog.liveness import process_gone, running_process
     if job["status"] == "completed":
         raise UsageError(f"job {job['id']} is already completed")
-    if job["status"] == "running" and _pid_alive(job.get("pid")):
-        raise UsageError(f"job {job['id']} is running in process {job.get('pid')}")
+    if job["status"] == "running":
+        pid, host = running_process(job, events or [])
+        if process_gone(pid, host, job.get("started_at")) is not True:
+            where = f" on {host}" if host else ""
+            raise UsageError(f"job {job['id']} is running in process {pid}{where}; wait for it "
+                             f"to finish (or stop that process{where}) before resuming it")

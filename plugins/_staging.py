@@ -14,9 +14,9 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cacheorch.errors import ExportError, OutputExistsError
+from cacheorch.errors import ExportError, FormatError, OutputExistsError
 from cacheorch.formats.blank import BlankCounter
-from cacheorch.formats.bundle import BundleWriter, bundle_name, level_folder
+from cacheorch.formats.bundle import HEADER_SIZE, BundleWriter, bundle_name, level_folder, read_header
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, staging_path
 from cacheorch.plugins._export_common import BundleGuard, SkippingSink
 from cacheorch.tiling import Envelope, LevelOfDetail, SpatialReference
@@ -196,6 +196,16 @@ def listed_lods(request: ExportRequest) -> list[LevelOfDetail]:
     return [full[level] for level in sorted(full) if level <= finest]
 
 
+def _whole_bundle(path: Path) -> bool:
+    """Whether ``path`` is a Compact V2 bundle as long as its header says (64 bytes read)."""
+    try:
+        with open(path, "rb") as f:
+            header = read_header(f.read(HEADER_SIZE), path.name)
+            return header.file_size == os.fstat(f.fileno()).st_size
+    except (OSError, FormatError):
+        return False
+
+
 class StagingSession(ExportSession):
     """Common staging behaviour; subclasses write metadata and publish the output.
 
@@ -274,7 +284,9 @@ class StagingSession(ExportSession):
     # -- ExportSession --------------------------------------------------------------------------
 
     def has_bundle(self, level: int, bundle_row: int, bundle_col: int) -> bool:
-        return self.bundle_path(level, bundle_row, bundle_col).is_file()
+        """A staged bundle counts only when whole: a readable header whose file size is the
+        file's (a bundle cut short or overwritten after it was staged is fetched again)."""
+        return _whole_bundle(self.bundle_path(level, bundle_row, bundle_col))
 
     def open_bundle(self, level: int, bundle_row: int, bundle_col: int) -> BundleSink:
         key = (level, bundle_row, bundle_col)

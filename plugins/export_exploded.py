@@ -128,6 +128,9 @@ class ExplodedSession(CompactV2Session):
         """The marker of a finished block (has_bundle looks for it)."""
         return self.staging / DONE_DIR / level_folder(level) / bundle_name(bundle_row, bundle_col)
 
+    def has_bundle(self, level: int, bundle_row: int, bundle_col: int) -> bool:
+        return self.bundle_path(level, bundle_row, bundle_col).is_file()  # a marker, not a bundle
+
     def _sink(self, final: Path, bundle_row: int, bundle_col: int,
               on_done: Callable[[], None]) -> BundleSink:
         """``final`` is the block's marker; tiles go to ``_alllayers`` (a redone block starts clean)."""

@@ -24,7 +24,10 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from cacheorch import hookimpl
-from cacheorch.formats.bundle_v1 import BundleV1Writer, bundlx_name
+from cacheorch.errors import FormatError
+from cacheorch.formats.bundle_v1 import (
+    BUNDLX_SIZE, V1_HEADER_SIZE, BundleV1Writer, bundlx_name, read_v1_header,
+)
 from cacheorch.formats.confxml import COMPACT_V1, conf_cdi_bytes, conf_xml_bytes
 from cacheorch.formats.rootjson import wgs84_bounds
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, Exporter
@@ -106,8 +109,17 @@ class TpkSession(TpkxSession):
     exporter_name = "tpk"
 
     def has_bundle(self, level: int, bundle_row: int, bundle_col: int) -> bool:
+        """Both files staged and whole: the bundle as long as its header says (our writer keeps
+        that exact), the bundlx of its fixed size; else the bundle is fetched again."""
         path = self.bundle_path(level, bundle_row, bundle_col)
-        return path.is_file() and path.with_name(bundlx_name(bundle_row, bundle_col)).is_file()
+        try:
+            with open(path, "rb") as f:
+                header = read_v1_header(f.read(V1_HEADER_SIZE), path.name)
+                whole = header.file_size == os.fstat(f.fileno()).st_size
+            bundlx = path.with_name(bundlx_name(bundle_row, bundle_col))
+            return whole and bundlx.stat().st_size == BUNDLX_SIZE
+        except (OSError, FormatError):
+            return False
 
     def _sink(self, final: Path, bundle_row: int, bundle_col: int,
               on_done: Callable[[], None]) -> BundleSink:

@@ -1,7 +1,8 @@
 """The ``service-limits`` policy: respect what the service says about its own levels and exports.
 
 Levels outside ``minLOD..maxLOD`` hold no tiles (hosted tile layers and .tpkx list the whole
-scheme but tile a range of it), so they are dropped. ``maxExportTilesCount`` limits only the
+scheme but tile a range of it), and neither do levels outside the scales the service draws at
+(``minScale``/``maxScale``; a cache folder's conf.properties), so they are dropped. ``maxExportTilesCount`` limits only the
 server-side ``exportTiles`` operation, not fetching tiles one by one, so by default it becomes a
 note in the plan; ``fit_export=true`` instead keeps, from the coarsest level, the levels whose
 tiles fit that count (for a job meant to be handed to ``exportTiles`` later).
@@ -20,7 +21,7 @@ __all__ = ["ServiceLimitsPolicy"]
 
 
 class ServiceLimitsPolicy(SelectionPolicy):
-    """Drop levels outside the service's minLOD..maxLOD; note (or fit) its maxExportTilesCount."""
+    """Drop levels outside the service's LOD and scale ranges; note (or fit) maxExportTilesCount."""
 
     name = "service-limits"
 
@@ -38,11 +39,16 @@ class ServiceLimitsPolicy(SelectionPolicy):
         lo, hi = scheme.min_lod, scheme.max_lod
         self._reasons = {}
         kept: list[LevelOfDetail] = []
+        service = context.service if context is not None else None
         for lod in levels:
+            not_drawn = service.draws_at(lod.scale) if service is not None else ""
             if lo is not None and lod.level < lo:
                 self._reasons[lod.level] = f"below the service's minLOD {lo}"
             elif hi is not None and lod.level > hi:
                 self._reasons[lod.level] = f"above the service's maxLOD {hi}"
+            elif not_drawn:
+                self._reasons[lod.level] = f"scale 1:{lod.scale:,.0f} is {not_drawn} (it draws " \
+                                           "nothing there)"
             else:
                 kept.append(lod)
         if context is None:

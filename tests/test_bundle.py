@@ -313,3 +313,46 @@ def test_many_tiles_of_mixed_sizes_survive_the_batched_writes(tmp_path: Path) ->
     assert len(calls) > 3 and max(calls) <= bundle_module._FLUSH_BUFFERS
     with BundleReader(path, bundle_row=0, bundle_col=0) as reader:
         assert {(r, c): d for r, c, d in reader.tiles()} == tiles
+
+
+# -- offsets above 4 GiB (sparse files: the bytes in between are never written) ---------------
+
+_FIVE_GIB = 5 << 30
+
+
+def test_offsets_above_4_gib_are_written_and_read_through_40_bits(tmp_path):
+    """Index entries hold 40-bit offsets: a tile 5 GiB into a bundle is found where it lies."""
+    path = tmp_path / bundle_name(0, 0)
+    writer = BundleWriter(path, 0, 0)
+    writer.add(0, 0, b"first")
+    writer._flush_pending()
+    writer._file.seek(_FIVE_GIB)  # a hole: as if 5 GiB of tiles had been written
+    writer._end = _FIVE_GIB
+    writer.add(3, 7, b"far tile")
+    writer.finish()
+    assert path.stat().st_blocks * 512 < 1 << 24, "the test file should be sparse"
+    with BundleReader(path) as reader:
+        offset, size = reader.entry(3, 7)
+        assert offset == _FIVE_GIB + 4 and offset > 1 << 32 and size == len(b"far tile")
+        assert reader.get(3, 7) == b"far tile"
+        assert reader.get(0, 0) == b"first"
+        assert dict(((r, c), d) for r, c, d in reader.tiles()) == {(0, 0): b"first",
+                                                                  (3, 7): b"far tile"}
+        assert reader.header.file_size == _FIVE_GIB + 4 + len(b"far tile")
+
+
+def test_a_hand_made_index_entry_above_4_gib_is_decoded(tmp_path):
+    """Independent of our writer: the entry is packed here as ``offset | size << 40``."""
+    path = tmp_path / bundle_name(0, 0)
+    _write(path, {(0, 0): b"x"})
+    data = b"tile bytes beyond 4 GiB"
+    offset = (4 << 30) + 12345
+    with open(path, "r+b") as f:
+        f.seek(64 + 8 * index_slot(5, 9))
+        f.write(struct.pack("<Q", offset | (len(data) << 40)))
+        f.seek(offset - 4)
+        f.write(struct.pack("<I", len(data)) + data)
+    with BundleReader(path) as reader:
+        assert reader.entry(5, 9) == (offset, len(data))
+        assert reader.get(5, 9) == data
+        assert (5, 9) in set(reader.positions())

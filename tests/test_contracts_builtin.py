@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -349,11 +350,25 @@ class TestRestExportTilesExporter(DelegatedExporterContract):
     bad_options = ({"storage": "Exploded"}, {"max_tiles": "many"})
 
 
-class TestExportTileCacheExporter(DelegatedExporterContract):
+class _WithStandInArcpy:
+    """arcpy cannot be installed here: the arcpy exporters' contract runs against the stand-in
+    module of tests/_arcpy_standin.py (not ArcGIS), so its checks run instead of skipping."""
+
+    bad_options = ({"package": "zip"}, {"instances": "many"})
+
+    @pytest.fixture(autouse=True)
+    def _arcpy(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from _arcpy_standin import StandInArcpy
+        from cacheorch.tiling import web_mercator_scheme
+        monkeypatch.setitem(sys.modules, "arcpy", StandInArcpy(web_mercator_scheme(3), {}))
+        assert self.plugin.unavailable() is None
+
+
+class TestExportTileCacheExporter(_WithStandInArcpy, DelegatedExporterContract):
     plugin = _Lazy("export_arcpy", "ExportTileCacheExporter")
 
 
-class TestExportMapServerCacheExporter(DelegatedExporterContract):
+class TestExportMapServerCacheExporter(_WithStandInArcpy, DelegatedExporterContract):
     plugin = _Lazy("export_arcpy", "ExportMapServerCacheExporter")
 
 

@@ -262,7 +262,7 @@ def test_killed_after_publishing_resume_records_the_job_done(tmp_path: Path, cli
         monkeypatch.setattr(Catalog, "set_status", real)
         assert output.exists()
         job = json.loads(cli("jobs", "--json").stdout)["jobs"][0]
-        assert job["status"] == "running"
+        assert job["status"] == "interrupted"  # recorded running; no process runs it
         fetched = sum(srv.requests.values())
         resumed = cli("resume", str(job["id"]), "--json")
         assert resumed.code == 0, resumed.stderr

@@ -102,6 +102,21 @@ def test_a_burst_of_503s_trips_the_failure_threshold() -> None:
         assert sum(srv.requests.values()) < 40
 
 
+def test_html_answered_with_status_200_counts_as_a_failure_in_the_window() -> None:
+    """A login page or proxy error page sent with 200 is a failed request, not a tile: a server
+    answering only that trips the failure window like a burst of 503s."""
+    with TileServer(TILES, html=set(TILES)) as srv:
+        with pytest.raises(TooManyFailuresError, match=r"more than 50% of the last 20 requests"
+                                                       r" failed \(latest: not an image \(text/html"):
+            _fetch(srv, list(TILES), failure_rate=0.5, failure_window=20)
+        assert sum(srv.requests.values()) < len(TILES)  # stopped early
+    # and tiles among the pages still arrive (the window is not tripped by a few pages)
+    with TileServer(TILES, html={(LEVEL, 0, 0), (LEVEL, 4, 4)}) as srv:
+        results = _fetch(srv, list(TILES), failure_rate=0.5, failure_window=20)
+    assert sorted(k for k, r in results.items() if r.status == "failed") == [(LEVEL, 0, 0),
+                                                                              (LEVEL, 4, 4)]
+
+
 def test_failure_window_counts_only_the_latest_requests() -> None:
     window = FailureWindow(0.5, 4)
     assert not any(window.record(ok) for ok in (False, False, True, True, False, True, False))

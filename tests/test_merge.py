@@ -232,6 +232,27 @@ def test_merge_refuses_another_grid(cli, server, world, tmp_path) -> None:
         assert not srv.requests.get(srv.prefix + "/tile/3/0/0")
 
 
+@pytest.mark.parametrize("factor", [2.0, 1 + 1e-6])
+def test_merge_refuses_an_output_whose_levels_have_other_resolutions(cli, server, tmp_path,
+                                                                    factor) -> None:
+    """Same spatial reference, origin and tile size, but level 2 at another resolution (twice
+    as coarse, or a millionth off): its tiles would not line up, so the merge is refused."""
+    from dataclasses import replace
+
+    from cacheorch.tiling import LevelOfDetail
+    output = tmp_path / "out.tpkx"
+    assert _run(cli, server, output, "tpkx", "--levels", "0-2").code == 0
+    before = _snapshot(output)
+    lods = tuple(LevelOfDetail(lod.level, lod.scale * factor, lod.resolution * factor)
+                 if lod.level == 2 else lod for lod in SCHEME.lods)
+    other = replace(SCHEME, lods=lods, _by_level={})
+    with TileServer({}, service=_service(other), name="Other") as srv:
+        result = _run(cli, srv, output, "tpkx", "--levels", "3", "--mode", "merge")
+        line = _refused(cli, result, output, before, jobs=1)
+        assert "tiling scheme" in line and "level 2 has resolution" in line, line
+        assert not any("/tile/" in p for p in srv.requests)
+
+
 def test_merge_refuses_another_format(cli, server, tmp_path) -> None:
     output = tmp_path / "out.tpk"
     assert _run(cli, server, output, "tpk", "--levels", "0-2").code == 0

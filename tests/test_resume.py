@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from _gdal import colour_of, solid_png
 from _tileserver import TileServer
@@ -54,6 +55,16 @@ def test_sigkill_then_resume_skips_finished_bundles(tmp_path: Path, cli) -> None
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no bundle finished within 60 s"
             time.sleep(0.02)
+        # while it runs: shown running; a second job on its output and a resume are refused
+        # naming it (the second job's own catalog row is never created)
+        live = json.loads(cli("jobs", "--json").stdout)["jobs"]
+        assert [j["status"] for j in live] == ["running"]
+        second = cli("run", "--service", srv.url, "--levels", str(LEVEL), "--aoi", BBOX,
+                     "--output", str(output))
+        assert second.code == 2 and f"job {live[0]['id']} is running on {output}" in \
+            second.stderr, second.stderr
+        refused = cli("resume", str(live[0]["id"]))
+        assert refused.code == 2 and f"is running in process {proc.pid}" in refused.stderr
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         con = sqlite3.connect(catalog)
@@ -67,7 +78,14 @@ def test_sigkill_then_resume_skips_finished_bundles(tmp_path: Path, cli) -> None
         srv.delay = 0
 
         jobs = json.loads(cli("jobs", "--json").stdout)["jobs"]
-        assert jobs[0]["status"] == "running"  # killed: nobody could record otherwise
+        # killed: it could not record that, but its process is gone, so it shows interrupted
+        assert [j["status"] for j in jobs] == ["interrupted"]
+        assert f"pid {proc.pid} on " in jobs[0]["error"] and "resume" in jobs[0]["error"]
+        shown = cli("job", str(jobs[0]["id"]))
+        assert shown.stdout.startswith(f"job {jobs[0]['id']} interrupted"), shown.stdout
+        raw = sqlite3.connect(catalog)
+        assert raw.execute("select status from jobs").fetchall() == [("running",)]  # only shown
+        raw.close()
         result = cli("resume", str(jobs[0]["id"]), "--json")
         assert result.code == 0, result.stderr
         report = json.loads(result.stdout)
@@ -113,3 +131,44 @@ def test_resume_keeps_the_levels_first_chosen(tmp_path: Path, cli) -> None:
         assert [lv["level"] for lv in json.loads(again.stdout)["levels"]] == [0, 1, 2, 3]
     with open_cache(output) as cache:
         assert cache.scheme.min_lod == 0 and cache.scheme.max_lod == 3
+
+
+@pytest.mark.parametrize("exporter, name, folder", [("tpkx", "out.tpkx", "tile"),
+                                                    ("tpk", "out.tpk", "_alllayers")])
+def test_resume_refetches_done_bundles_whose_staged_file_is_gone_or_damaged(
+        tmp_path: Path, cli, exporter: str, name: str, folder: str) -> None:
+    """The catalog says done, but the staged bundle was deleted or cut short (a disk error, a
+    clean-up script): resume fetches it again instead of publishing a package with holes."""
+    from _gdal import open_gdal, tile_centre_rgba
+    from _tiles import all_tiles, pyramid
+    tiles = pyramid(range(4))  # one bundle per level
+    output = tmp_path / name
+    staged = output.with_name(output.name + ".partial") / folder
+    with TileServer(tiles, service=_service(), fail_always={(3, 1, 1)}) as srv:
+        first = cli("run", "--service", srv.url, "--levels", "0-3", "--output", str(output),
+                    "--exporter", exporter, "--json")
+        assert first.code == 1, first.stderr  # partial: level 3's bundle has a failed tile
+        job_id = json.loads(first.stdout)["job_id"]
+        bundles = {p.parent.name: p for p in staged.rglob("*.bundle")}
+        assert sorted(bundles) == ["L00", "L01", "L02", "L03"]  # L03 staged with its hole
+        bundles["L02"].unlink()  # gone
+        with open(bundles["L01"], "r+b") as f:  # damaged: cut in the middle of its tiles
+            f.truncate(bundles["L01"].stat().st_size - 300)
+        srv.fail_always.clear()
+        before = dict(srv.requests)
+        again = cli("resume", str(job_id), "--json")
+        assert again.code == 0, again.stderr
+        report = json.loads(again.stdout)
+        refetched = {p for p, n in srv.requests.items() if "/tile/" in p and n > before.get(p, 0)}
+    assert report["status"] == "completed"
+    assert report["tiles_written"] == len(tiles)
+    assert all_tiles(output) == tiles
+    # the untouched bundle of level 0 was kept; levels 1 and 2 (and 3) were fetched again
+    assert srv.tile_path(0, 0, 0) not in refetched
+    assert {srv.tile_path(lv, r, c) for lv, r, c in tiles if lv in (1, 2)} <= refetched
+    if exporter != "tpkx":
+        return  # GDAL reads Compact V2 only
+    scheme = web_mercator_scheme(3)
+    with open_gdal(output) as ds:  # GDAL reads the resumed package whole, level 1 included
+        for key in [(1, 1, 1), (2, 3, 3), (0, 0, 0)]:
+            assert tile_centre_rgba(ds, scheme, *key)[:3] == colour_of(*key)

@@ -93,3 +93,53 @@ def test_spatial_reference_variants() -> None:
     assert SpatialReference(2193).crs_input() == "EPSG:2193"
     assert SpatialReference(102671).crs_input() == "ESRI:102671"
     assert SpatialReference.from_json({"wkid": 102100, "latestWkid": 3857}).is_web_mercator
+
+
+# -- non-square tiles and points outside the grid's origin (hand-computed, not from tile_span) ---
+
+#: 512 px wide, 256 px high tiles on a grid whose origin is (1000, 9000), resolution 1 and 2.
+WIDE = TilingScheme(1000.0, 9000.0, 512, 256, 96, SpatialReference(2056),
+                    (LevelOfDetail(0, 7559.04, 2.0), LevelOfDetail(1, 3779.52, 1.0)))
+
+
+def test_non_square_tiles_use_cols_for_x_and_rows_for_y() -> None:
+    assert WIDE.tile_span(1) == (512.0, 256.0)
+    assert WIDE.tile_span(0) == (1024.0, 512.0)
+    # the point (1000 + 3.5 tiles wide, 9000 - 1.5 tiles high) at level 1
+    assert WIDE.tile_of_point(1, 1000 + 3.5 * 512, 9000 - 1.5 * 256) == (1, 3)
+    assert WIDE.tile_bounds(1, 1, 3) == (1000 + 3 * 512, 9000 - 2 * 256, 1000 + 4 * 512, 9000 - 256)
+    # a box 2 tiles wide and 6 tiles high: 2 columns, 6 rows
+    assert WIDE.tile_range(1, (1000 + 512, 9000 - 7 * 256, 1000 + 3 * 512, 9000 - 256)) == \
+        (1, 1, 6, 2)
+
+
+def test_non_square_tiles_are_planned_by_their_own_width_and_height() -> None:
+    from shapely.geometry import box
+
+    from cacheorch.planner import count_level, plan_level
+    area = box(1000 + 512, 9000 - 7 * 256, 1000 + 3 * 512, 9000 - 256)  # cols 1-2, rows 1-6
+    keys = {(k.row, k.col) for p in plan_level(WIDE, 1, area) for k in p.keys()}
+    assert keys == {(r, c) for r in range(1, 7) for c in (1, 2)}
+    assert count_level(WIDE, 1, area) == 12
+    assert count_level(WIDE, 0, area) == 2 * 4  # level 0: cols 0-1 (1024 wide), rows 0-3 (512 high)
+
+
+def test_points_left_of_or_above_the_origin_are_in_negative_tiles() -> None:
+    # half a tile left of the origin is column -1, not column 0 (floor, not truncation)
+    assert WIDE.tile_of_point(1, 1000 - 256, 9000 - 10) == (0, -1)
+    assert WIDE.tile_of_point(1, 1000 + 10, 9000 + 100) == (-1, 0)
+    assert WIDE.tile_of_point(1, 1000 - 2000, 9000 + 300) == (-2, -4)
+    # a range that starts left of and above the origin is clamped to the grid's first tile
+    assert WIDE.tile_range(1, (1000 - 700, 9000 - 300, 1000 + 100, 9000 + 50)) == (0, 0, 1, 0)
+    # and one wholly left of, or wholly above, the origin holds no tile
+    assert WIDE.tile_range(1, (1000 - 700, 9000 - 300, 1000 - 100, 9000 - 10)) is None
+    assert WIDE.tile_range(1, (1000 + 10, 9000 + 50, 1000 + 900, 9000 + 400)) is None
+
+
+def test_sampled_tiles_of_an_area_left_of_the_origin_stay_on_the_grid() -> None:
+    from shapely.geometry import box
+
+    from cacheorch.sampling import sample_keys
+    area = box(1000 - 2000, 9000 - 3 * 256, 1000 + 2 * 512, 9000 + 300)
+    keys = sample_keys(WIDE, 1, area, 20)
+    assert keys and all(k.row >= 0 and k.col >= 0 for k in keys)

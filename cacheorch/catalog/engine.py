@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 
-__all__ = ["make_engine", "writer", "sqlite_url", "OnConnect", "BUSY_TIMEOUT_MS"]
+__all__ = ["make_engine", "make_read_only_engine", "writer", "sqlite_url", "OnConnect",
+           "BUSY_TIMEOUT_MS"]
 
 #: How long a writer waits for another process's transaction before giving up.
 BUSY_TIMEOUT_MS = 30_000
@@ -62,6 +63,25 @@ def make_engine(path: str | os.PathLike[str], *, on_connect: OnConnect | None = 
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def make_read_only_engine(path: Path) -> Engine:
+    """An engine that only reads the catalog at ``path``, for a file this process cannot write
+    (a read-only mount, another user's catalog): ``mode=ro``, or where SQLite cannot even create
+    the WAL's shared-memory file beside it, ``immutable=1`` (then nobody can be writing it)."""
+    from urllib.parse import quote
+    uri = "file:" + quote(str(path.absolute()))
+
+    def connect() -> sqlite3.Connection:
+        try:
+            con = sqlite3.connect(uri + "?mode=ro", uri=True, check_same_thread=False)
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            con = sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return con
+
+    return create_engine("sqlite+pysqlite://", creator=connect)
 
 
 def writer(engine: Engine) -> Engine:

@@ -51,17 +51,22 @@ class Catalog:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, on_connect: OnConnect | None = None,
-             redact: Callable[[str], str] | None = None) -> Catalog:
+             redact: Callable[[str], str] | None = None, read_only: bool = False) -> Catalog:
         """Open (creating and migrating as needed) the catalog at ``path``.
 
         :param on_connect: called with each new raw sqlite3 connection, after cacheorch's pragmas.
         :param redact: applied to every string stored, after the catalog's own token stripping.
+        :param read_only: the caller only reads: a catalog this process cannot write (a
+            read-only mount, another user's file) is opened for reading instead of failing.
         :raises CatalogTooNewError: a newer cacheorch migrated this catalog.
         :raises CatalogError: the file is not a usable catalog.
         """
         path = Path(path).expanduser().absolute()
         if path.is_dir():
             raise CatalogError(f"catalog {path} is a directory; give a file path")
+        if read_only and path.is_file() and not (os.access(path, os.W_OK)
+                                                 and os.access(path.parent, os.W_OK)):
+            return cls._open_read_only(path, redact)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -85,6 +90,25 @@ class Catalog:
             engine.dispose()
             raise
         return cls(path, engine, redact)
+
+    @classmethod
+    def _open_read_only(cls, path: Path, redact: Callable[[str], str] | None) -> Catalog:
+        """A catalog only read (no migration possible: it must be at this cacheorch's revision)."""
+        from cacheorch.catalog.engine import make_read_only_engine
+        from cacheorch.catalog.revision import shipped_head
+        engine = make_read_only_engine(path)
+        catalog = cls(path, engine, redact)
+        try:
+            found = catalog.current_revision()
+        except BaseException:
+            engine.dispose()
+            raise
+        if found != shipped_head():
+            engine.dispose()
+            raise CatalogError(f"catalog {path} cannot be written here and is at revision {found}, "
+                               f"not {shipped_head()}; upgrade it where it can be written "
+                               f"(cacheorch db upgrade)")
+        return catalog
 
     def close(self) -> None:
         """Close every pooled connection (the last one out checkpoints the WAL)."""

@@ -58,15 +58,17 @@ class App:
             or "cacheorch.sqlite"
         return Path(chosen)
 
-    def open_catalog(self, redact: Any = None) -> Catalog:
-        """Open (and migrate) the catalog; ``redact`` removes the job's token from stored text."""
+    def open_catalog(self, redact: Any = None, read_only: bool = False) -> Catalog:
+        """Open (and migrate) the catalog; ``redact`` removes the job's token from stored text;
+        ``read_only``: the command only reads, so a catalog it cannot write is still opened."""
         from cacheorch.catalog import Catalog
         pm = self.plugins.pm
 
         def on_connect(dbapi_connection: Any) -> None:
             pm.hook.cacheorch_catalog_connect(dbapi_connection=dbapi_connection)
 
-        return Catalog.open(self.catalog_path, on_connect=on_connect, redact=redact)
+        return Catalog.open(self.catalog_path, on_connect=on_connect, redact=redact,
+                            read_only=read_only)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -93,13 +93,14 @@ def scales_command(app: App, source: str, source_name: str | None, token: str | 
     finally:
         connection.close()
     scheme = service.scheme
-    tiled = set(scheme.tiled_levels)
+    tiled = set(service.tiled_levels)
     statuses = bool(service.level_status)  # only sources that know completeness (a Status.gdb)
     if as_json:
         levels: list[dict[str, Any]] = []
         for lod in scheme.lods:
             row: dict[str, Any] = {"level": lod.level, "scale": lod.scale,
-                                   "resolution": lod.resolution, "tiled": lod.level in tiled}
+                                   "resolution": lod.resolution, "tiled": lod.level in tiled,
+                                   "drawn": not service.draws_at(lod.scale)}
             if statuses:
                 st = service.status_of(lod.level)
                 row["completeness"] = None if st is None else {
@@ -124,6 +125,8 @@ def scales_command(app: App, source: str, source_name: str | None, token: str | 
                + ("  completeness" if statuses else ""))
     for lod in scheme.lods:
         note = "" if lod.level in tiled else "  (no tiles)"
+        if service.draws_at(lod.scale):
+            note += f"  (not drawn: {service.draws_at(lod.scale)})"
         if statuses:
             st = service.status_of(lod.level)
             note = "  " + (st.describe() if st is not None else "no status") + \

@@ -46,6 +46,9 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "copied, not fetched again)."),
         click.option("--allow-partial", is_flag=True, default=None,
                      help="Write the output even if some tiles failed (the job ends partial)."),
+        click.option("--allow-empty", is_flag=True, default=None,
+                     help="Write the output even if the service had no tile where the job asked "
+                          "(default: such a job fails, exit 1, and writes nothing)."),
         click.option("--tilemap/--no-tilemap", default=None,
                      help="Ask the service's /tilemap per bundle and skip absent tiles (default: "
                           "when the service lists Tilemap)."),
@@ -98,7 +101,16 @@ def _plan_json(plan: JobPlan) -> dict[str, Any]:
             "service": plan.service.location, "exporter": plan.spec.exporter.name,
             "tiles_planned": plan.tiles, "policies": list(plan.policy_notes),
             "levels": [lv.to_json() for lv in plan.levels],
-            "decisions": [d.to_json() for d in plan.decisions], "errors": []}
+            "decisions": [d.to_json() for d in plan.decisions], "errors": [],
+            "warnings": _service_warnings(plan)}
+
+
+def _service_warnings(plan: JobPlan) -> list[str]:
+    """What the service says that makes a job likely to find no tile."""
+    if plan.service.single_fused_cache is False:
+        return ["the service says singleFusedMapCache: false: /tile may serve none of its cache "
+                "(a job that finds no tile fails)"]
+    return []
 
 
 @click.command("plan")
@@ -128,6 +140,8 @@ def plan_command(app: App, as_json: bool, token: str | None, html_path: str | No
     svc = plan.service
     click.echo(f"service  {svc.location} ({svc.kind}, {svc.scheme.spatial_reference}, "
                f"{svc.scheme.tile_cols}×{svc.scheme.tile_rows} px {svc.scheme.tile_format})")
+    for warning in _service_warnings(plan):
+        click.echo(f"warning  {warning}")
     for note in plan.policy_notes:
         click.echo(f"policy   {note}")
     click.echo(f"{'level':>5}  {'scale':>16}  {'resolution':>18}  {'tiles':>12}  area")
@@ -284,7 +298,8 @@ def resume_command(app: App, job_id: int, token: str | None, as_json: bool,
     with app.open_catalog() as catalog:
         job = catalog.get_job(job_id)
         params = catalog.job_parameters(job_id)
-    check_resumable(job)
+        events = catalog.events(job_id)
+    check_resumable(job, events)
     spec = _pinned(JobSpec.from_parameters(params), job)
     connection = Connection.from_env(token=token, referer=spec.referer,
                                      network=network_settings(app), **spec.connection_options())
@@ -302,8 +317,9 @@ def resume_command(app: App, job_id: int, token: str | None, as_json: bool,
 @click.pass_obj
 def jobs_command(app: App, as_json: bool) -> None:
     """List the jobs in the catalog, newest first."""
-    with app.open_catalog() as catalog:
-        jobs = catalog.list_jobs()
+    from cacheorch.runner import live_job
+    with app.open_catalog(read_only=True) as catalog:
+        jobs = [live_job(catalog, job) for job in catalog.list_jobs()]
     if as_json:
         _emit_json({"jobs": jobs})
         return
@@ -324,8 +340,9 @@ def jobs_command(app: App, as_json: bool) -> None:
 def job_command(app: App, job_id: int, as_json: bool) -> None:
     """Show one job: its extracted scales (levels), their tile counts, failed tiles, and the
     messages of the server, arcpy or the exporter."""
-    with app.open_catalog() as catalog:
-        job = catalog.get_job(job_id)
+    from cacheorch.runner import live_job
+    with app.open_catalog(read_only=True) as catalog:
+        job = live_job(catalog, catalog.get_job(job_id))
         messages = catalog.job_messages(job_id)
     data = _job_json(job, job.get("error") or "") | {"messages": messages}
     if as_json:

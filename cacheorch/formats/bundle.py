@@ -242,8 +242,11 @@ class _RecordWriter:
         if not pending:
             return
         f = self._open_file()
-        f.flush()
-        _writev_all(f.fileno(), pending)
+        try:
+            f.flush()
+            _writev_all(f.fileno(), pending)
+        except OSError as exc:  # a full disk, an I/O error: say which file
+            raise ExportError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         pending.clear()
         self._pending_bytes = 0
 
