@@ -240,8 +240,10 @@ class Connection:
         except requests.exceptions.Timeout:
             raise ServiceError(f"{shown}: no answer within {self.timeout:g} s") from None
         except requests.exceptions.ConnectionError as exc:
-            reason = str(exc.args[0] if exc.args else exc).split(":")[-1].strip(" )'\"") \
-                or "refused"
+            reason = str(exc.args[0] if exc.args else exc).split(":")[-1].strip(" '\"")
+            while reason.endswith(")") and reason.count(")") > reason.count("("):
+                reason = reason[:-1].rstrip(" '\"")  # urllib3's wrapping, not the reason's own ")"
+            reason = reason or "refused"
             raise ServiceError(f"cannot reach {shown}: {self.redact(reason)}") from None
         except requests.exceptions.RequestException as exc:
             raise ServiceError(f"{shown}: {self.redact(type(exc).__name__)}") from None

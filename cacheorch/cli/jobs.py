@@ -178,7 +178,7 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None] | Non
     except OSError:
         size = shutil.get_terminal_size()
     # a terminal reporting 0×0 (some CI ptys) would make tqdm hide the bar altogether
-    with tqdm(total=total, unit="tile", unit_scale=True, ncols=min(size.columns or 80, 120),
+    with tqdm(total=total, unit="tile", unit_scale=False, ncols=min(size.columns or 80, 120),
               nrows=size.lines or 24, file=sys.stderr, smoothing=0.1) as bar:
         yield bar.update
 
@@ -235,9 +235,10 @@ def _job_json(job: dict[str, Any], message: str = "") -> dict[str, Any]:
         "tiles_planned": job.get("tiles_planned"), "tiles_written": job.get("tiles_written"),
         "tiles_missing": job.get("tiles_missing"), "tiles_failed": job.get("tiles_failed"),
         "bytes": job.get("bytes"),
-        "levels": [{k: lv.get(k) for k in ("level", "scale", "resolution", "area_name",
-                                            "tiles_planned", "tiles_written", "tiles_missing",
-                                            "tiles_failed", "bytes")}
+        # "area", as plan --json names it (the catalog's column is area_name)
+        "levels": [{k: lv.get("area_name" if k == "area" else k)
+                    for k in ("level", "scale", "resolution", "area", "tiles_planned",
+                              "tiles_written", "tiles_missing", "tiles_failed", "bytes")}
                    for lv in job.get("levels", [])],
         "errors": errors,
     }
@@ -307,11 +308,15 @@ def jobs_command(app: App, as_json: bool) -> None:
     if not jobs:
         click.echo(f"no jobs in {app.catalog_path}")
         return
-    click.echo(f"{'id':>5}  {'status':<11}  {'created':<25}  {'written':>10}  {'failed':>7}  output")
-    for job in jobs:
-        click.echo(f"{job['id']:>5}  {job['status']:<11}  {str(job.get('created_at')):<25}  "
-                   f"{job.get('tiles_written') or 0:>10,}  {job.get('tiles_failed') or 0:>7,}  "
-                   f"{job.get('output')}")
+    rows = [("id", "status", "created", "written", "failed", "output")]
+    rows += [(str(job["id"]), str(job["status"]), str(job.get("created_at")),
+              f"{job.get('tiles_written') or 0:,}", f"{job.get('tiles_failed') or 0:,}",
+              str(job.get("output"))) for job in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    right = (True, False, False, True, True)  # numbers right-aligned, under their heading
+    for row in rows:
+        cells = [cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)]
+        click.echo("  ".join(cells + [row[5]]))
 
 
 @click.command("job")
@@ -336,7 +341,7 @@ def job_command(app: App, job_id: int, as_json: bool) -> None:
         click.echo(f"{lv['level']:>5}  {lv['scale']:>16.6f}  {lv['resolution']:>18.10f}  "
                    f"{lv['tiles_planned'] or 0:>10,}  {lv['tiles_written'] or 0:>10,}  "
                    f"{lv['tiles_missing'] or 0:>8,}  {lv['tiles_failed'] or 0:>7,}  "
-                   f"{_fmt_bytes(lv['bytes']):>10}  {lv['area_name']}")
+                   f"{_fmt_bytes(lv['bytes']):>10}  {lv['area']}")
     for message in messages:
         click.echo(f"{message['source']:<9}{message['kind']}: {message['message']}")
     for line in data["errors"][:20]:
