@@ -109,16 +109,19 @@ def plan_command(app: App, as_json: bool, token: str | None, html_path: str | No
     """Show what a job would export: levels, scales, areas and tile counts (fetches no tiles)."""
     spec, connection = _spec_and_connection(app, kw | {"token": token})
     from cacheorch.interfaces import DelegatedExporter
-    server_estimate = None
+    server_estimate = basemap = None
     try:
         plan = make_plan(app.plugins, spec, connection, fetching=False)
         if isinstance(plan.exporter, DelegatedExporter):  # e.g. exportTiles' own estimate
             server_estimate = plan.exporter.estimate(plan, connection)
+        if html_path:  # the service's own tiles at small levels, drawn beneath the areas
+            from cacheorch.planhtml import fetch_basemap
+            basemap = fetch_basemap(app.plugins, plan, connection)
     finally:
         connection.close()
     if html_path:
         from cacheorch.planhtml import write_plan_html
-        write_plan_html(plan, html_path)
+        write_plan_html(plan, html_path, basemap)
     if as_json:
         _emit_json(_plan_json(plan) | ({"server_estimate": server_estimate}
                                        if server_estimate is not None else {}))
