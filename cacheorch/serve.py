@@ -127,6 +127,7 @@ def xyz_zooms(scheme: TilingScheme) -> dict[int, int]:
 def preview_page(cache: TileCache, service: dict[str, Any], service_path: str,
                  tiled_levels: list[int], zooms: dict[int, int]) -> bytes:
     """The preview HTML: the template with the service JSON inlined (no request before tiles)."""
+    from cacheorch.serving.extent import data_extent
     scheme = cache.scheme
     grids = {}
     for level in tiled_levels:
@@ -135,7 +136,8 @@ def preview_page(cache: TileCache, service: dict[str, Any], service_path: str,
             grids[str(level)] = list(size)
     config = {"service": service, "serviceUrl": service_path, "levels": tiled_levels,
               "grids": grids, "storage": getattr(cache, "storage_label", ""),
-              "xyz": min((z for z, lv in zooms.items() if lv in tiled_levels), default=None)}
+              "xyz": min((z for z, lv in zooms.items() if lv in tiled_levels), default=None),
+              "dataExtent": data_extent(cache, tiled_levels)}
     # every "<" as \u003c: the JSON can neither close the script element nor open a comment
     text = json.dumps(config, separators=(",", ":")).replace("<", "\\u003c")
     page = _static("preview.html").decode()

@@ -214,3 +214,31 @@ def test_plan_html_embeds_the_services_small_level_tiles(plan_page) -> None:
     assert overview.index('<image class="tile"') < overview.index('<path class="area"')  # beneath
     assert 'class="scalebar"' in overview and " km</text>" in overview
     assert ">-10,000,000</text>" in overview and ">10,000,000</text>" in overview  # coordinates
+
+
+def corner_cache(folder: Path) -> Path:
+    """Levels 1-2 cover the world (quadrant colours); level 3 only the top-left quadrant."""
+    tiles = {k: v for k, v in quadrant_tiles().items() if k[0] < 3 or (k[1] < 4 and k[2] < 4)}
+    return write_cache(folder, web_mercator_scheme(6), tiles)
+
+
+@pytest.mark.slow  # starts a browser (a few seconds)
+def test_preview_opens_at_the_data_and_keeps_the_view_in_its_url(tmp_path: Path) -> None:
+    from _chromium import dump_dom
+    need_chromium()
+    red, blue = QUADRANTS[(0, 0)], QUADRANTS[(1, 1)]
+    with CacheServer(corner_cache(tmp_path / "corner")) as server:
+        # no view in the URL: the finest level's tiles fill the map, not the world's quadrants
+        opened = screenshot(server.root_url + "/", size=(800, 900))
+        dom = dump_dom(server.root_url + "/", size=(800, 900))
+        # a view in the URL: level 2 centred on the blue quadrant
+        quarter = 20037508.342787 / 2
+        at_blue = screenshot(f"{server.root_url}/#level=2&x={quarter}&y={-quarter}", size=(800, 900))
+    # level 2: the red quadrant (512 px) fills the map; the blue one shows only in the margin
+    assert colour_pixels(opened, red) == 512 * 512 and colour_pixels(opened, blue) < 200 * 200
+    link = re.search(r'id="permalink" href="#level=(\d+)&amp;x=([-\d.]+)&amp;y=([-\d.]+)"', dom)
+    assert link and link.group(1) == "2", dom[:2000]
+    assert float(link.group(2)) == pytest.approx(-quarter, abs=1) \
+        and float(link.group(3)) == pytest.approx(quarter, abs=1)
+    assert "Zoom to data" in dom
+    assert colour_pixels(at_blue, blue) == 512 * 512 and colour_pixels(at_blue, red) < 200 * 200
