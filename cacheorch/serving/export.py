@@ -12,13 +12,16 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
 if TYPE_CHECKING:
     from cacheorch.formats.cache import TileCache
+    from cacheorch.tiling import TilingScheme
 
-__all__ = ["ExportError", "export_image", "MAX_IMAGE_SIZE", "MAX_TILES", "IMAGE_FORMATS"]
+__all__ = ["ExportError", "export_image", "stitch", "pick_level", "MAX_IMAGE_SIZE", "MAX_TILES",
+           "IMAGE_FORMATS"]
 
 #: ``maxImageWidth``/``maxImageHeight``: ArcGIS's defaults.
 MAX_IMAGE_SIZE = 4096
@@ -71,20 +74,20 @@ def _wkid(text: str) -> int | None:
         raise ExportError(f"spatial reference {text[:80]!r} is not a wkid") from None
 
 
-def _pick_level(cache: TileCache, levels: list[int], resolution: float) -> int:
-    """The coarsest tiled level at least as fine as ``resolution`` (else the finest there is)."""
-    scheme = cache.scheme
+def pick_level(scheme: TilingScheme, levels: Sequence[int], resolution: float) -> int:
+    """The coarsest of ``levels`` at least as fine as ``resolution`` (else the finest there is)."""
     fine_enough = [lv for lv in levels if scheme.lod(lv).resolution <= resolution * (1 + 1e-9)]
     if fine_enough:
         return max(fine_enough, key=lambda lv: scheme.lod(lv).resolution)
     return min(levels, key=lambda lv: scheme.lod(lv).resolution)
 
 
-def _stitch(cache: TileCache, level: int, bbox: list[float], width: int, height: int) -> Any:
-    """An RGBA Pillow image of ``bbox`` at ``width``×``height`` from the tiles of ``level``."""
+def stitch(scheme: TilingScheme, get_tile: Callable[[int, int, int], bytes | None], level: int,
+           bbox: Sequence[float], width: int, height: int) -> Any:
+    """An RGBA Pillow image of ``bbox`` at ``width``×``height`` from the tiles of ``level``
+    (``get_tile(level, row, col)``: the bytes, or None where there is no tile)."""
     from PIL import Image
 
-    scheme = cache.scheme
     res = scheme.lod(level).resolution
     tw, th = scheme.tile_cols, scheme.tile_rows
     xmin, ymin, xmax, ymax = bbox
@@ -106,7 +109,7 @@ def _stitch(cache: TileCache, level: int, bbox: list[float], width: int, height:
             if grid is not None and col >= grid[1]:
                 break
             try:
-                data = cache.get_tile(level, row, col)
+                data = get_tile(level, row, col)
             except (ValueError, OverflowError):
                 data = None
             if data is None:
@@ -159,7 +162,8 @@ def export_image(cache: TileCache, levels: list[int], query: str, path: str
                "scale": cache.scheme.scale_of(resolution)}
         return "application/json; charset=utf-8", json.dumps(doc, indent=2 if f == "pjson" else None).encode()
     resolution = min((bbox[2] - bbox[0]) / width, (bbox[3] - bbox[1]) / height)
-    image = _stitch(cache, _pick_level(cache, levels, resolution), bbox, width, height)
+    level = pick_level(cache.scheme, levels, resolution)
+    image = stitch(cache.scheme, cache.get_tile, level, bbox, width, height)
     pil_format, mode, content_type = IMAGE_FORMATS[fmt]
     transparent = (params.get("transparent") or "false").lower() == "true"
     if mode == "RGB" or not transparent and fmt != "png32":
