@@ -147,6 +147,20 @@ def test_export_bad_input_is_a_400_with_one_line(server, params, message) -> Non
     assert error["code"] == 400 and message in error["message"] and "\n" not in error["message"]
 
 
+def test_gdal_ags_driver_reads_export_pixel_exact(server, partial) -> None:
+    """GDAL's AGS minidriver (export only, as for a dynamic MapServer) over the hole too."""
+    tiles, half = partial[1], WEB_MERCATOR_HALF
+    xml = (f'<GDAL_WMS><Service name="AGS"><ServerUrl>{server.url}</ServerUrl><BBoxOrder>xyXY</BBoxOrder>'
+           "<SRS>3857</SRS><ImageFormat>png32</ImageFormat><Transparent>TRUE</Transparent></Service>"
+           f"<DataWindow><UpperLeftX>{-half}</UpperLeftX><UpperLeftY>{half}</UpperLeftY>"
+           f"<LowerRightX>{half}</LowerRightX><LowerRightY>{-half}</LowerRightY>"
+           "<SizeX>2048</SizeX><SizeY>2048</SizeY></DataWindow><BandsCount>4</BandsCount>"
+           "<BlockSizeX>256</BlockSizeX><BlockSizeY>256</BlockSizeY></GDAL_WMS>")
+    with rasterio.open(xml) as ds:
+        pixels = ds.read(window=Window(0, 0, 2048, 1024))
+    assert np.array_equal(pixels, expected_pixels(tiles, 3, range(0, 4), range(0, 8), 4))
+
+
 def test_mapproxy_arcgis_source_seeds_from_serve(server, partial, tmp_path) -> None:
     """MapProxy's ``arcgis`` source asks ``/export`` for meta tiles; the tiles it seeds are ours."""
     import yaml
