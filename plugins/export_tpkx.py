@@ -45,7 +45,7 @@ def rendered_thumbnail(scheme: TilingScheme, levels: Sequence[int], extent: Enve
     draws it within the tile budget, or the tiles cannot be decoded."""
     if extent is None or not levels:
         return thumbnail_png()
-    from cacheorch.serving.export import ExportError, pick_level, stitch
+    from cacheorch.serving.export import BadExportRequest, pick_level, stitch
     width, height = THUMBNAIL_SIZE
     xmin, ymin, xmax, ymax = extent.bounds
     # widen the extent to the thumbnail's shape, centred
@@ -59,7 +59,7 @@ def rendered_thumbnail(scheme: TilingScheme, levels: Sequence[int], extent: Enve
                         key=lambda lv: -scheme.lod(lv).resolution):
         try:
             image = stitch(scheme, get_tile, level, bbox, width, height)
-        except ExportError:  # too many tiles from here on
+        except BadExportRequest:  # too many tiles from here on
             break
         except (OSError, ValueError):  # a tile Pillow cannot decode
             return thumbnail_png()

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from cacheorch.formats.cache import TileCache
     from cacheorch.tiling import TilingScheme
 
-__all__ = ["ExportError", "export_image", "stitch", "pick_level", "MAX_IMAGE_SIZE", "MAX_TILES",
-           "IMAGE_FORMATS"]
+__all__ = ["BadExportRequest", "export_image", "stitch", "pick_level", "MAX_IMAGE_SIZE",
+           "MAX_TILES", "IMAGE_FORMATS"]
 
 #: ``maxImageWidth``/``maxImageHeight``: ArcGIS's defaults.
 MAX_IMAGE_SIZE = 4096
@@ -35,7 +35,7 @@ IMAGE_FORMATS = {
 }
 
 
-class ExportError(ValueError):
+class BadExportRequest(ValueError):
     """A request export cannot answer: the message goes back as ArcGIS error JSON (HTTP 400)."""
 
 
@@ -47,14 +47,14 @@ def _numbers(text: str, count: int, name: str) -> list[float]:
             keys = ("xmin", "ymin", "xmax", "ymax") if count == 4 else ("width", "height")
             return [float(data[k]) for k in keys]
         except (ValueError, KeyError, TypeError):
-            raise ExportError(f"{name} is not valid JSON with {count} numbers") from None
+            raise BadExportRequest(f"{name} is not valid JSON with {count} numbers") from None
     parts = text.split(",")
     try:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
     if len(values) != count or not all(math.isfinite(v) for v in values):
-        raise ExportError(f"{name} must be {count} comma-separated numbers, got {text[:80]!r}")
+        raise BadExportRequest(f"{name} must be {count} comma-separated numbers, got {text[:80]!r}")
     return values
 
 
@@ -67,11 +67,11 @@ def _wkid(text: str) -> int | None:
             data = json.loads(text)
             return int(data.get("latestWkid") or data["wkid"])
         except (ValueError, KeyError, TypeError):
-            raise ExportError(f"spatial reference {text[:80]!r} has no wkid") from None
+            raise BadExportRequest(f"spatial reference {text[:80]!r} has no wkid") from None
     try:
         return int(text.rsplit(":", 1)[-1])
     except ValueError:
-        raise ExportError(f"spatial reference {text[:80]!r} is not a wkid") from None
+        raise BadExportRequest(f"spatial reference {text[:80]!r} is not a wkid") from None
 
 
 def pick_level(scheme: TilingScheme, levels: Sequence[int], resolution: float) -> int:
@@ -98,7 +98,7 @@ def stitch(scheme: TilingScheme, get_tile: Callable[[int, int, int], bytes | Non
     r0, r1 = math.floor(py0 / th + eps), math.ceil(py1 / th - eps) - 1
     c1, r1 = max(c1, c0), max(r1, r0)
     if (c1 - c0 + 1) * (r1 - r0 + 1) > MAX_TILES:
-        raise ExportError(f"the image would need {(c1 - c0 + 1) * (r1 - r0 + 1):,} tiles of level "
+        raise BadExportRequest(f"the image would need {(c1 - c0 + 1) * (r1 - r0 + 1):,} tiles of level "
                           f"{level} (at most {MAX_TILES:,}); ask for a smaller bbox or a larger size")
     canvas = Image.new("RGBA", ((c1 - c0 + 1) * tw, (r1 - r0 + 1) * th), (0, 0, 0, 0))
     grid = scheme.grid_size(level)
@@ -125,34 +125,35 @@ def stitch(scheme: TilingScheme, get_tile: Callable[[int, int, int], bytes | Non
 
 def export_image(cache: TileCache, levels: list[int], query: str, path: str
                  ) -> tuple[str, bytes]:
-    """Answer ``export?{query}``: (content type, body). Raises :class:`ExportError` for bad input.
+    """Answer ``export?{query}``: (content type, body). Raises :class:`BadExportRequest` for bad input.
 
     ``path`` is the export URL path, for the ``href`` of an ``f=json`` answer.
     """
     params = {k.lower(): v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     f = (params.get("f") or "json").lower()
     if f not in ("json", "pjson", "image"):
-        raise ExportError(f"f={f} is not served; use f=image or f=json")
+        raise BadExportRequest(f"f={f} is not served; use f=image or f=json")
     if not levels:
-        raise ExportError("the cache holds no tiles")
+        raise BadExportRequest("the cache holds no tiles")
     if "bbox" not in params:
-        raise ExportError("bbox is required: xmin,ymin,xmax,ymax")
+        raise BadExportRequest("bbox is required: xmin,ymin,xmax,ymax")
     bbox = _numbers(params["bbox"], 4, "bbox")
     if bbox[0] >= bbox[2] or bbox[1] >= bbox[3]:
-        raise ExportError(f"bbox {params['bbox']!r} is empty: xmin < xmax and ymin < ymax are needed")
+        raise BadExportRequest(f"bbox {params['bbox']!r} is empty: xmin < xmax and ymin < ymax are needed")
     width, height = (int(v) for v in _numbers(params.get("size") or "400,400", 2, "size"))
     if not (1 <= width <= MAX_IMAGE_SIZE and 1 <= height <= MAX_IMAGE_SIZE):
-        raise ExportError(f"size must be 1-{MAX_IMAGE_SIZE} pixels each way, got {width},{height}")
+        raise BadExportRequest(f"size must be 1-{MAX_IMAGE_SIZE} pixels each way, got {width},{height}")
+    from cacheorch.tiling import WEB_MERCATOR_WKIDS
     sr = cache.scheme.spatial_reference
     own = {sr.wkid, sr.latest_wkid, sr.epsg} - {None}
     for key in ("bboxsr", "imagesr"):
         wkid = _wkid(params.get(key, ""))
-        if wkid is not None and wkid not in own and not (sr.is_web_mercator and wkid in (3857, 102100, 102113, 900913)):
-            raise ExportError(f"{key[:-2]}SR {wkid} is not the cache's spatial reference ({sr}); "
+        if wkid is not None and wkid not in own and not (sr.is_web_mercator and wkid in WEB_MERCATOR_WKIDS):
+            raise BadExportRequest(f"{key[:-2]}SR {wkid} is not the cache's spatial reference ({sr}); "
                               "this server does not reproject")
     fmt = (params.get("format") or "png").lower()
     if fmt not in IMAGE_FORMATS:
-        raise ExportError(f"format {fmt} is not served; use one of {', '.join(IMAGE_FORMATS)}")
+        raise BadExportRequest(f"format {fmt} is not served; use one of {', '.join(IMAGE_FORMATS)}")
     if f != "image":
         resolution = max((bbox[2] - bbox[0]) / width, (bbox[3] - bbox[1]) / height)
         doc = {"href": f"{path}?{urlencode({**params, 'f': 'image'})}", "width": width,

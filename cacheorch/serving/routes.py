@@ -37,12 +37,12 @@ def add_handlers(routes: _Routes, service: dict[str, Any], tiled_levels: list[in
     levels = sorted(lv for lv in tiled_levels if lv in cache.scheme.levels)
 
     def export(rest: str, query: str, base: str) -> Answer:
-        from cacheorch.serving.export import ExportError, export_image
+        from cacheorch.serving.export import BadExportRequest, export_image
         if rest not in ("", "/"):
             return _error(404, f"Not found: {export_path}{rest}")
         try:
             content_type, body = export_image(cache, levels, query, base + export_path)
-        except ExportError as exc:
+        except BadExportRequest as exc:
             return _error(400, str(exc))
         return _OK, content_type.encode(), body
 

@@ -41,8 +41,9 @@ class WmtsError(ValueError):
         self.code, self.status = code, status
 
     def report(self) -> bytes:
-        return ('<?xml version="1.0" encoding="UTF-8"?>\n<ExceptionReport xmlns="http://www.opengis.net/ows/1.1" '
-                f'version="1.1.0"><Exception exceptionCode={quoteattr(self.code)}><ExceptionText>'
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                '<ExceptionReport xmlns="http://www.opengis.net/ows/1.1" version="1.1.0">'
+                f'<Exception exceptionCode={quoteattr(self.code)}><ExceptionText>'
                 f'{escape(str(self))}</ExceptionText></Exception></ExceptionReport>').encode()
 
 
@@ -181,7 +182,8 @@ class Wmts:
             box = (f'<ows:BoundingBox crs="{self.urn}"><ows:LowerCorner>{self._corner(e["xmin"], e["ymin"])}'
                    f'</ows:LowerCorner><ows:UpperCorner>{self._corner(e["xmax"], e["ymax"])}'
                    "</ows:UpperCorner></ows:BoundingBox>")
-        template = f"{wmts}/tile/1.0.0/{self.name}/{{Style}}/{{TileMatrixSet}}/{{TileMatrix}}/{{TileRow}}/{{TileCol}}"
+        template = (f"{wmts}/tile/1.0.0/{self.name}/{{Style}}/{{TileMatrixSet}}/{{TileMatrix}}/"
+                    "{TileRow}/{TileCol}")
         own_matrices = "".join(
             self._matrix(ident, lv, scheme.lod(lv).resolution * self.per_unit / _PIXEL,
                          scheme.origin_x, scheme.origin_y) for ident, lv in own)
@@ -211,7 +213,8 @@ class Wmts:
             '<?xml version="1.0" encoding="UTF-8"?>\n'
             '<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1" '
             'xmlns:xlink="http://www.w3.org/1999/xlink" xmlns:gml="http://www.opengis.net/gml" version="1.0.0">'
-            f"<ows:ServiceIdentification><ows:Title>{title}</ows:Title><ows:ServiceType>OGC WMTS</ows:ServiceType>"
+            f"<ows:ServiceIdentification><ows:Title>{title}</ows:Title>"
+            "<ows:ServiceType>OGC WMTS</ows:ServiceType>"
             "<ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion></ows:ServiceIdentification>"
             "<ows:OperationsMetadata>"
             + operation("GetCapabilities", caps_url, f"{wmts}?")
