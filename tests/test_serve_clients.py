@@ -282,3 +282,21 @@ def test_wmts_in_a_geographic_scheme(tmp_path) -> None:
             assert ds.crs.to_epsg() == 4326 and (ds.width, ds.height) == (2048, 1024)
             pixels = ds.read(window=Window(0, 0, 2048, 1024))
             assert np.array_equal(pixels, expected_pixels(tiles, 2, range(0, 4), range(0, 8), ds.count))
+
+
+def test_wmts_in_a_northing_first_projected_scheme(tmp_path) -> None:
+    """NZTM (EPSG:2193 lists northing first), 512-pixel tiles, scales not powers of two."""
+    from test_preview import GREEN, MAGENTA, nztm_cache
+    with CacheServer(nztm_cache(tmp_path / "nztm")) as srv:
+        text = _get(srv.url + "/WMTS/1.0.0/WMTSCapabilities.xml").text
+        assert "<TopLeftCorner>19998100.0 -4020900.0</TopLeftCorner>" in text
+        scheme = srv.cache.scheme
+        with rasterio.open(f"WMTS:{srv.url}/WMTS/1.0.0/WMTSCapabilities.xml") as ds:
+            assert ds.crs.to_epsg() == 2193
+            for row, col in ((12, 4), (12, 5), (13, 4), (13, 5)):  # inside the data extent
+                window = ds.window(*scheme.tile_bounds(0, row, col))
+                assert window.col_off == pytest.approx(round(window.col_off), abs=1e-6)
+                pixels = ds.read(window=window.round_offsets().round_lengths())
+                want = GREEN if (row + col) % 2 else MAGENTA
+                assert pixels.shape == (4, 512, 512)
+                assert (pixels[:3] == np.array(want, dtype=np.uint8)[:, None, None]).all(), (row, col)
