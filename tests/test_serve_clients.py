@@ -251,10 +251,14 @@ def test_wmts_tiles_by_path_and_kvp(server, partial) -> None:
     assert _get(server.url + "/WMTS", request="GetFeatureInfo").status_code == 400
 
 
-@pytest.mark.parametrize("matrix_set", ["default028mm", "GoogleMapsCompatible"])
-def test_gdal_wmts_reads_pixel_exact(server, partial, matrix_set) -> None:
+@pytest.mark.parametrize("matrix_set, capabilities", [
+    ("default028mm", "/WMTS/1.0.0/WMTSCapabilities.xml"),
+    ("GoogleMapsCompatible", "/WMTS/1.0.0/WMTSCapabilities.xml"),
+    ("default028mm", "/WMTS?service=WMTS&request=GetCapabilities"),
+])
+def test_gdal_wmts_reads_pixel_exact(server, partial, matrix_set, capabilities) -> None:
     tiles = partial[1]
-    url = f"WMTS:{server.url}/WMTS/1.0.0/WMTSCapabilities.xml,tilematrixset={matrix_set}"
+    url = f"WMTS:{server.url}{capabilities},tilematrixset={matrix_set}"
     with rasterio.open(url) as ds:
         assert ds.crs.to_epsg() == 3857 and ds.width == 2048
         pixels = ds.read(window=Window(0, 0, 2048, 1024))
