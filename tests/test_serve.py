@@ -436,6 +436,7 @@ def test_run_server_prints_the_url(demo_cache: Path, monkeypatch: pytest.MonkeyP
     run_server(demo_cache, "127.0.0.1", 0, "demo", lines.append)
     text = "\n".join(lines)
     assert "/arcgis/rest/services/demo/MapServer" in text and "Stopped" in text
+    assert "/demo/MapServer/WMTS/1.0.0/WMTSCapabilities.xml" in text and "GDAL: WMS:http" in text
     assert seen == ["Layers"]
 
 
