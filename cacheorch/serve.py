@@ -678,7 +678,8 @@ def run_server(cache: str | Path, host: str = "127.0.0.1", port: int = 0, name: 
         echo(f"Preview in a browser: {server.root_url}/")
         if xyz_zooms(server.cache.scheme):
             echo(f"XYZ tiles: {server.root_url}/{{z}}/{{x}}/{{y}}")
-        echo(f"WMTS: {server.url}/WMTS/1.0.0/WMTSCapabilities.xml")
+        if server.cache.scheme.spatial_reference.epsg is not None:  # WMTS names its CRS by code
+            echo(f"WMTS: {server.url}/WMTS/1.0.0/WMTSCapabilities.xml")
         echo(f"GDAL: WMS:{server.url}?f=json")
         if host not in ("127.0.0.1", "localhost", "::1"):
             echo(f"Note: listening on {host}, reachable from other machines.")
