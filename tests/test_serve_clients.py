@@ -161,8 +161,20 @@ def test_gdal_ags_driver_reads_export_pixel_exact(server, partial) -> None:
     assert np.array_equal(pixels, expected_pixels(tiles, 3, range(0, 4), range(0, 8), 4))
 
 
-def test_mapproxy_arcgis_source_seeds_from_serve(server, partial, tmp_path) -> None:
-    """MapProxy's ``arcgis`` source asks ``/export`` for meta tiles; the tiles it seeds are ours."""
+#: MapProxy sources reading ``serve``: ``arcgis`` asks /export for meta tiles; ``tile`` reads
+#: /tile, and like every MapProxy tile source needs ``on_error`` for a hole (204 here, 404 elsewhere).
+MAPPROXY_SOURCES = {
+    "arcgis": lambda url: {"type": "arcgis", "req": {"url": url, "transparent": True},
+                           "supported_srs": ["EPSG:3857"]},
+    "tile": lambda url: {"type": "tile", "grid": "scheme", "url": url + "/tile/%(z)s/%(y)s/%(x)s",
+                         "transparent": True,
+                         "on_error": {204: {"response": "transparent", "cache": True}}},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MAPPROXY_SOURCES))
+def test_mapproxy_seeds_from_serve(server, partial, tmp_path, kind) -> None:
+    """MapProxy seeds every level through ``serve``; the tiles it stores are ours, holes transparent."""
     import yaml
 
     tiles = partial[1]
@@ -178,8 +190,7 @@ def test_mapproxy_arcgis_source_seeds_from_serve(server, partial, tmp_path) -> N
                                     "meta_size": [2, 2], "meta_buffer": 0,
                                     "cache": {"type": "file", "directory_layout": "tc",
                                               "directory": str(tmp_path / "seeded")}}},
-        "sources": {"served": {"type": "arcgis", "req": {"url": server.url, "transparent": True},
-                               "supported_srs": ["EPSG:3857"]}},
+        "sources": {"served": MAPPROXY_SOURCES[kind](server.url)},
         "globals": {"image": {"paletted": False}},
     }
     seed = {"seeds": {"all": {"caches": ["served_cache"], "levels": list(LEVELS)}}}
