@@ -315,3 +315,21 @@ def test_wmts_in_a_northing_first_projected_scheme(tmp_path) -> None:
                 want = GREEN if (row + col) % 2 else MAGENTA
                 assert pixels.shape == (4, 512, 512)
                 assert (pixels[:3] == np.array(want, dtype=np.uint8)[:, None, None]).all(), (row, col)
+
+
+def test_wmts_needs_a_wkid_and_says_so(tmp_path) -> None:
+    """A cache whose spatial reference is only a WKT: no WMTS (it names CRSs by code), one line why;
+    /export still works, in the cache's own coordinates."""
+    from _localcache import WKT_NY_FEET
+    sr = SpatialReference(wkt=WKT_NY_FEET)
+    lods = (LevelOfDetail(0, 96000.0, 96000.0 / (96 * 39.37) / 0.3048006096012192),)
+    scheme = TilingScheme(-120000000.0, 150000000.0, 256, 256, 96, sr, lods, units="esriFeet")
+    tiles = {(0, 1000, 1000): solid_png((90, 30, 150))}
+    x0, y0, x1, y1 = scheme.tile_bounds(0, 1000, 1000)
+    cache = write_cache(tmp_path / "ny", scheme, tiles, (x0, y0, x1, y1))
+    with CacheServer(cache) as srv:
+        r = _get(srv.url + "/WMTS/1.0.0/WMTSCapabilities.xml")
+        assert r.status_code == 404 and "needs a spatial reference with a wkid" in r.json()["error"]["message"]
+        image = _get(srv.url + "/export", bbox=f"{x0},{y0},{x1},{y1}", size="256,256", f="image")
+        assert image.status_code == 200
+        assert tuple(decode_rgba(image.content)[:3, 128, 128]) == (90, 30, 150)
