@@ -311,8 +311,8 @@ def _warn_unselected_areas(areas: Sequence[AreaSpec], selected: set[int]) -> Non
         outside = sorted(set(area.levels or ()) - selected)
         if outside:
             logging.getLogger("cacheorch").warning(
-                "--aoi %s: level(s) %s are not among the levels exported (%s); its area is not used "
-                "there", area.label, format_levels(outside),
+                "--aoi %s=%s: level(s) %s are not among the levels exported (%s); its area is not "
+                "used there", area.level_text, area.label, format_levels(outside),
                 format_levels(selected) if selected else "none")
 
 
