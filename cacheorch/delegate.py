@@ -248,7 +248,7 @@ def run_delegated(plugins: Plugins, catalog: Catalog, connection: Connection, pl
         raise OutputExistsError(f"{staging} holds an interrupted job's files; resume it "
                                 f"(cacheorch jobs lists it) or remove that folder")
     if plan.spec.mode == "create" and output.exists():
-        raise OutputExistsError(f"{output} already exists; choose another output or overwrite it")
+        raise OutputExistsError.at(output)
     job_id = record_job_start(catalog, plan, output, job_id)
     if on_start is not None:
         on_start(job_id)

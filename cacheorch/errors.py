@@ -82,6 +82,12 @@ class ExportError(CacheorchError):
 class OutputExistsError(ExportError):
     """The output already exists and the job was not told to replace it."""
 
+    @classmethod
+    def at(cls, output: object) -> OutputExistsError:
+        """The one message, naming the two ways on."""
+        return cls(f"{output} already exists; choose another output, or replace it with "
+                   "--mode overwrite, or add to it with --mode merge")
+
 
 class FormatError(CacheorchError):
     """A cache file (bundle, conf.xml, root.json, package) is malformed."""

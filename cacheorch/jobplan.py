@@ -113,6 +113,10 @@ def _pick(registry: Any, spec: PluginSpec | None, location: str, kind: str) -> A
     for entry in registry:
         if entry.cls.accepts(location):
             return entry.cls()
+    from cacheorch.formats.locate import local_path
+    path = local_path(location)
+    if path is not None and not path.exists():  # a misspelt cache path, not an unknown kind
+        raise UsageError(f"{location}: no such file or folder (nor a URL: http(s)://...)")
     raise UsageError(f"no {kind} recognises {location!r}; name one with --source "
                      f"({', '.join(registry.names())})")
 
@@ -300,6 +304,18 @@ class PlanContext(PolicyContext):
             self._fetcher = None
 
 
+def _warn_unselected_areas(areas: Sequence[AreaSpec], selected: set[int]) -> None:
+    """An ``--aoi`` tier naming levels the job does not export is most likely a typo: say so."""
+    import logging
+    for area in areas:
+        outside = sorted(set(area.levels or ()) - selected)
+        if outside:
+            logging.getLogger("cacheorch").warning(
+                "--aoi %s=%s: level(s) %s are not among the levels exported (%s); its area is not "
+                "used there", area.level_text, area.label, format_levels(outside),
+                format_levels(selected) if selected else "none")
+
+
 def make_plan(plugins: Plugins, spec: JobSpec, connection: Connection,
               service: Service | None = None, *, fetching: bool = True) -> JobPlan:
     """Resolve every plugin and count every level's tiles; raises on any bad input.
@@ -323,5 +339,6 @@ def make_plan(plugins: Plugins, spec: JobSpec, connection: Connection,
             levels.append(LevelPlan(lod, area, label, context.tiles(lod.level)))
     finally:
         context.close()
+    _warn_unselected_areas(spec.areas, {lod.level for lod in lods})
     return JobPlan(spec, service, tuple(levels), exporter, tile_source, tuple(notes),
                    tuple(decisions))

@@ -23,9 +23,12 @@ from shapely.geometry import box as shapely_box
 from shapely.geometry.base import BaseGeometry
 
 if TYPE_CHECKING:
+    from cacheorch.connection import Connection
     from cacheorch.jobplan import JobPlan, LevelPlan
+    from cacheorch.pluginmanager import Plugins
+    from cacheorch.tiling import TilingScheme
 
-__all__ = ["LevelRange", "level_ranges", "plan_html", "write_plan_html"]
+__all__ = ["LevelRange", "level_ranges", "plan_html", "write_plan_html", "Basemap", "fetch_basemap"]
 
 #: Fill colours of successive level ranges (colour-blind-safe Okabe–Ito palette).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -74,6 +77,10 @@ class _Frame:
         self.xmin, self.ymax = xmin - pad, ymax + pad
         self.scale = _VIEW_W / (w + 2 * pad)
         self.height = (h + 2 * pad) * self.scale
+
+    def view_bounds(self) -> tuple[float, float, float, float]:
+        """The map extent the whole view shows (padding included)."""
+        return (self.xmin, self.ymax - self.height / self.scale, self.xmin + _VIEW_W / self.scale, self.ymax)
 
     def point(self, x: float, y: float) -> str:
         return f"{(x - self.xmin) * self.scale:.2f},{(self.ymax - y) * self.scale:.2f}"
@@ -128,28 +135,162 @@ def _clip(box: Sequence[float] | None, grid: Sequence[float] | None) -> tuple[fl
 _DETAIL_BELOW = 0.1
 
 
-def _detail_svg(ranges: Sequence[LevelRange], drawn: Sequence[float]) -> list[str]:
+def _small_ranges(ranges: Sequence[LevelRange], drawn: Sequence[float]) -> list[LevelRange]:
+    width = max(drawn[2] - drawn[0], drawn[3] - drawn[1])
+    return [r for r in ranges if not r.area.is_empty and max(
+        r.area.bounds[2] - r.area.bounds[0], r.area.bounds[3] - r.area.bounds[1]) < _DETAIL_BELOW * width]
+
+
+def _detail_svg(ranges: Sequence[LevelRange], drawn: Sequence[float], scheme: TilingScheme,
+                basemap: Basemap | None) -> list[str]:
     """A second map fitted to the small areas (a town on a world service is a speck otherwise),
     with every range's area clipped to that view; nothing when all areas are large."""
-    width = max(drawn[2] - drawn[0], drawn[3] - drawn[1])
-    small = [r for r in ranges if not r.area.is_empty and max(
-        r.area.bounds[2] - r.area.bounds[0], r.area.bounds[3] - r.area.bounds[1]) < _DETAIL_BELOW * width]
+    small = _small_ranges(ranges, drawn)
     box = _bounds_union(r.area.bounds for r in small)
     if box is None:
         return []
     frame = _Frame(box)
-    view = shapely_box(frame.xmin, frame.ymax - frame.height / frame.scale,
-                       frame.xmin + _VIEW_W / frame.scale, frame.ymax)
+    view = shapely_box(*frame.view_bounds())
     out = [f'<p class="detail-title">Detail: levels {_e(", ".join(r.name for r in small))}</p>',
            f'<svg id="detail" viewBox="0 0 {_VIEW_W:.0f} {frame.height:.2f}" role="img" '
            'aria-label="The small areas, enlarged">',
-           f'<rect x="0" y="0" width="{_VIEW_W:.0f}" height="{frame.height:.2f}" fill="#f7f7f4"/>']
+           f'<rect x="0" y="0" width="{_VIEW_W:.0f}" height="{frame.height:.2f}" fill="#f7f7f4"/>',
+           *_tiles_svg(basemap.detail if basemap else [], frame)]
     for r in ranges:
         d = _path(r.area.intersection(view), frame)
         if d:
             out.append(f'<path class="area" d="{d}" fill="{r.colour}" stroke="{r.colour}">'
                        f'<title>levels {_e(r.name)}: {_e(r.label)}, {r.tiles:,} tiles</title></path>')
+    out.extend(_furniture(frame, scheme))
     out.append("</svg>")
+    return out
+
+
+#: Tiles fetched for one map at most, and the width in pixels a map's tiles should reach.
+_MAX_BASEMAP_TILES = 36
+_BASEMAP_PIXELS = 512
+
+Placed = tuple[tuple[float, float, float, float], str, bytes]
+
+
+@dataclass(frozen=True)
+class Basemap:
+    """The service's own tiles under each map: (tile bounds, content type, bytes)."""
+
+    overview: list[Placed]
+    detail: list[Placed]
+
+
+def _basemap_keys(scheme: TilingScheme, box: Sequence[float]) -> list[tuple[int, int, int]]:
+    """The tiles over ``box`` at the coarsest level whose tiles span it with ~512 pixels, within
+    the tile budget (else the finest level that fits it)."""
+    width = max(box[2] - box[0], box[3] - box[1])
+    best: list[tuple[int, int, int]] = []
+    for level in scheme.tiled_levels:
+        found = scheme.tile_range(level, tuple(box))  # type: ignore[arg-type]
+        if found is None:
+            continue
+        r0, c0, r1, c1 = found
+        if (r1 - r0 + 1) * (c1 - c0 + 1) > _MAX_BASEMAP_TILES:
+            break
+        best = [(level, r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
+        if width / scheme.lod(level).resolution >= _BASEMAP_PIXELS:
+            break
+    return best
+
+
+def fetch_basemap(plugins: Plugins, plan: JobPlan, connection: Connection) -> Basemap:
+    """Fetch, once while planning, the service's tiles at small levels for the page's maps."""
+    from cacheorch.jobplan import _pick
+    from cacheorch.tiling import TileKey
+    scheme = plan.service.scheme
+    _, drawn = _extents(plan)
+    boxes = {"overview": drawn}
+    detail = _bounds_union(r.area.bounds for r in _small_ranges(level_ranges(plan.levels), drawn))
+    if detail is not None:
+        boxes["detail"] = _Frame(detail).view_bounds()
+    keys = {name: _basemap_keys(scheme, box) for name, box in boxes.items()}
+    wanted = {k for ks in keys.values() for k in ks}
+    got: dict[tuple[int, int, int], bytes] = {}
+    if wanted:
+        from cacheorch.errors import CacheorchError
+        try:
+            source = plan.tile_source or _pick(plugins.tile_sources, None, plan.service.location,
+                                               "tile source")
+            with source.open(plan.service, connection, 4) as fetcher:
+                for result in fetcher.fetch(TileKey(*k) for k in sorted(wanted)):
+                    if result.status == "ok" and result.data:
+                        got[(result.key.level, result.key.row, result.key.col)] = result.data
+        except (CacheorchError, OSError) as exc:  # a picture without tiles beats no plan
+            import logging
+            logging.getLogger("cacheorch").warning("plan --html: no tiles beneath the areas (%s)", exc)
+    from cacheorch.serve import _content_type
+
+    def placed(ks: list[tuple[int, int, int]]) -> list[Placed]:
+        return [(scheme.tile_bounds(*k), _content_type(got[k]).decode(), got[k]) for k in ks if k in got]
+
+    return Basemap(placed(keys["overview"]), placed(keys.get("detail", [])))
+
+
+def _tiles_svg(tiles: Sequence[Placed], frame: _Frame) -> list[str]:
+    import base64
+    out = []
+    for bounds, content_type, data in tiles:
+        x, y, w, h = frame.rect(bounds)
+        out.append(f'<image class="tile" x="{x:.3f}" y="{y:.3f}" width="{w:.3f}" height="{h:.3f}" '
+                   f'preserveAspectRatio="none" href="data:{content_type};base64,'
+                   f'{base64.b64encode(data).decode()}"/>')
+    return out
+
+
+def _nice(value: float) -> float:
+    """The largest 1, 2 or 5 × 10^n not above ``value``."""
+    power = 10 ** math.floor(math.log10(value))
+    return max(step * power for step in (1, 2, 5) if step * power <= value)
+
+
+def _furniture(frame: _Frame, scheme: TilingScheme) -> list[str]:
+    """Coordinate ticks along the bottom and left edges, and a scale bar (metres at the middle)."""
+    xmax = frame.xmin + _VIEW_W / frame.scale
+    ymin = frame.ymax - frame.height / frame.scale
+    step = _nice((xmax - frame.xmin) / 4)
+    geographic = scheme.units == "esriDecimalDegrees"
+
+    def label(v: float) -> str:
+        return f"{v:g}°" if geographic else f"{v:,.0f}" if step >= 1 else f"{v:g}"
+    out = ['<g class="ticks">']
+    v = math.ceil(frame.xmin / step) * step
+    while v < xmax:
+        x = (v - frame.xmin) * frame.scale
+        if x > _VIEW_W - 140:  # no room for the label
+            break
+        out.append(f'<line x1="{x:.1f}" y1="{frame.height:.1f}" x2="{x:.1f}" y2="{frame.height - 8:.1f}"/>'
+                   f'<text x="{x + 3:.1f}" y="{frame.height - 10:.1f}">{label(v)}</text>')
+        v += step
+    v = math.ceil(ymin / step) * step
+    while v < frame.ymax:
+        y = (frame.ymax - v) * frame.scale
+        if y < 30:
+            break
+        out.append(f'<line x1="0" y1="{y:.1f}" x2="8" y2="{y:.1f}"/>'
+                   f'<text x="10" y="{y - 3:.1f}">{label(v)}</text>')
+        v += step
+    out.append("</g>")
+    # metres per map unit at the middle of the view (degrees shrink with latitude)
+    per_unit = scheme.meters_per_unit
+    if geographic:
+        per_unit *= math.cos(math.radians(max(-89.0, min(89.0, (ymin + frame.ymax) / 2))))
+    elif scheme.spatial_reference.is_web_mercator:
+        lat = math.atan(math.sinh((ymin + frame.ymax) / 2 / 6378137.0))
+        per_unit *= math.cos(lat)
+    metres = _nice(_VIEW_W / 4 / frame.scale * per_unit)
+    length = metres / per_unit * frame.scale
+    text = f"{metres / 1000:,g} km" if metres >= 1000 else f"{metres:g} m"
+    x0, y0 = _VIEW_W - length - 24, frame.height - 44
+    out.append(f'<g class="scalebar"><rect x="{x0:.1f}" y="{y0:.1f}" width="{length:.1f}" height="6" '
+               f'fill="#222"/><rect x="{x0 + length / 2:.1f}" y="{y0:.1f}" width="{length / 2:.1f}" '
+               f'height="6" fill="#fff"/><text x="{x0:.1f}" y="{y0 - 5:.1f}" class="ticks" '
+               f'style="font-size:22px;stroke:#fff;stroke-width:3px;paint-order:stroke">{text}</text></g>')
     return out
 
 
@@ -157,19 +298,27 @@ def _e(value: object) -> str:
     return html.escape(str(value))
 
 
-def plan_html(plan: JobPlan) -> str:
-    """The whole page as a string."""
+def _extents(plan: JobPlan) -> tuple[tuple[float, ...] | None, tuple[float, float, float, float]]:
+    """(the service's extent as drawn, the extent the overview map shows)."""
     scheme = plan.service.scheme
-    ranges = level_ranges(plan.levels)
     grid = scheme.grid_bounds()
     full = plan.service.full_extent
     service_box = _clip(full.bounds if full is not None else None, grid)
-    area_boxes = [r.area.bounds for r in ranges if not r.area.is_empty]
+    area_boxes = [r.area.bounds for r in level_ranges(plan.levels) if not r.area.is_empty]
     drawn = _bounds_union([*area_boxes, service_box]) or grid or (0.0, 0.0, 1.0, 1.0)
+    return service_box, drawn
+
+
+def plan_html(plan: JobPlan, basemap: Basemap | None = None) -> str:
+    """The whole page as a string; ``basemap``: the service's tiles to draw beneath the areas."""
+    scheme = plan.service.scheme
+    ranges = level_ranges(plan.levels)
+    service_box, drawn = _extents(plan)
     frame = _Frame(drawn)
     svg = [f'<svg id="map" viewBox="0 0 {_VIEW_W:.0f} {frame.height:.2f}" '
            'role="img" aria-label="Areas per level range">',
-           f'<rect x="0" y="0" width="{_VIEW_W:.0f}" height="{frame.height:.2f}" fill="#f7f7f4"/>']
+           f'<rect x="0" y="0" width="{_VIEW_W:.0f}" height="{frame.height:.2f}" fill="#f7f7f4"/>',
+           *_tiles_svg(basemap.overview if basemap else [], frame)]
     if service_box is not None:
         x, y, w, h = frame.rect(service_box)
         svg.append(f'<rect class="extent" x="{x:.2f}" y="{y:.2f}" width="{w:.2f}" height="{h:.2f}">'
@@ -179,8 +328,10 @@ def plan_html(plan: JobPlan) -> str:
         if d:
             svg.append(f'<path class="area" d="{d}" fill="{r.colour}" stroke="{r.colour}">'
                        f'<title>levels {_e(r.name)}: {_e(r.label)}, {r.tiles:,} tiles</title></path>')
-    svg.append('<g id="grid"></g></svg>')
-    svg.extend(_detail_svg(ranges, drawn))
+    svg.append('<g id="grid"></g>')
+    svg.extend(_furniture(frame, scheme))
+    svg.append('</svg>')
+    svg.extend(_detail_svg(ranges, drawn, scheme, basemap))
 
     rows = []
     colour_of = {lv: r.colour for r in ranges for lv in range(r.first, r.last + 1)}
@@ -209,12 +360,12 @@ def plan_html(plan: JobPlan) -> str:
         tile=f"{scheme.tile_cols}×{scheme.tile_rows} px")
 
 
-def write_plan_html(plan: JobPlan, path: str | os.PathLike[str]) -> None:
+def write_plan_html(plan: JobPlan, path: str | os.PathLike[str], basemap: Basemap | None = None) -> None:
     """Write the page (UTF-8), through a temporary name so a reader never sees half a file."""
     target = os.fspath(path)
     tmp = f"{target}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(plan_html(plan))
+        f.write(plan_html(plan, basemap))
     os.replace(tmp, target)
 
 
@@ -231,6 +382,8 @@ h1 {{ font-size: 18px; margin: 0 0 4px; }}
   background: #f7f7f4; }}
 .detail-title {{ margin: 10px 0 4px; color: #555; }}
 .extent {{ fill: none; stroke: #555; stroke-width: 1.5; stroke-dasharray: 6 4; }}
+.ticks text {{ font-size: 22px; fill: #222; stroke: #fff; stroke-width: 3px; paint-order: stroke; }}
+.ticks line, .scalebar rect {{ stroke: #222; stroke-width: 1; }}
 .area {{ fill-opacity: 0.45; stroke-width: 1.2; fill-rule: evenodd; }}
 #grid line {{ stroke: #333; stroke-width: 0.5; stroke-opacity: 0.5; }}
 table {{ border-collapse: collapse; }}

@@ -39,6 +39,7 @@ from cacheorch.tiling import BUNDLE_SIZE, WEB_MERCATOR_HALF, Envelope, TilingSch
 
 if TYPE_CHECKING:
     from cacheorch.formats.cache import TileCache
+    from cacheorch.serving.routes import Handler
 
 __all__ = ["CacheServer", "run_server", "default_service_name", "SERVER_VERSION", "xyz_zooms",
            "preview_page", "STATIC_FILES"]
@@ -126,6 +127,7 @@ def xyz_zooms(scheme: TilingScheme) -> dict[int, int]:
 def preview_page(cache: TileCache, service: dict[str, Any], service_path: str,
                  tiled_levels: list[int], zooms: dict[int, int]) -> bytes:
     """The preview HTML: the template with the service JSON inlined (no request before tiles)."""
+    from cacheorch.serving.extent import data_extent
     scheme = cache.scheme
     grids = {}
     for level in tiled_levels:
@@ -134,7 +136,8 @@ def preview_page(cache: TileCache, service: dict[str, Any], service_path: str,
             grids[str(level)] = list(size)
     config = {"service": service, "serviceUrl": service_path, "levels": tiled_levels,
               "grids": grids, "storage": getattr(cache, "storage_label", ""),
-              "xyz": min((z for z, lv in zooms.items() if lv in tiled_levels), default=None)}
+              "xyz": min((z for z, lv in zooms.items() if lv in tiled_levels), default=None),
+              "dataExtent": data_extent(cache, tiled_levels)}
     # every "<" as \u003c: the JSON can neither close the script element nor open a comment
     text = json.dumps(config, separators=(",", ":")).replace("<", "\\u003c")
     page = _static("preview.html").decode()
@@ -212,8 +215,12 @@ def service_json(cache: TileCache, name: str, tiled_levels: list[int], source_na
         "maxLOD": max_lod,
         "resampling": False,
         "units": scheme.units,
-        "capabilities": ("Map,TilesOnly,Tilemap" if getattr(cache, "storage_format", "") in _BUNDLE_STORAGE
-                         else "Map,TilesOnly"),
+        # Map: /export is served (so not TilesOnly, which says it is not); Tilemap for bundles
+        "capabilities": ("Map,Tilemap" if getattr(cache, "storage_format", "") in _BUNDLE_STORAGE
+                         else "Map"),
+        "supportedImageFormatTypes": "PNG32,PNG24,PNG,JPG",
+        "maxImageHeight": 4096,
+        "maxImageWidth": 4096,
         "storageInfo": {"storageFormat": _storage_format(getattr(cache, "storage_format", "")),
                         "packetSize": BUNDLE_SIZE},
         "tileServers": [],
@@ -228,6 +235,7 @@ class _Routes:
     def __init__(self, cache: TileCache, name: str, service: dict[str, Any], tiled_levels: list[int]
                  ) -> None:
         self.cache = cache
+        self.name = name
         self.get_tile: Callable[[int, int, int], bytes | None] = cache.get_tile
         self.levels = frozenset(tiled_levels)
         self.service_path = f"{_SERVICES}/{name}/MapServer".lower()
@@ -239,6 +247,9 @@ class _Routes:
         grid = {level: cache.scheme.grid_size(level) for level in tiled_levels
                 if level in cache.scheme.levels}
         self.grid = {level: size for level, size in grid.items() if size is not None}
+        #: (rows, cols) of every level of the scheme; unbounded grids get a bound no tile reaches
+        self.scheme_grid = {level: cache.scheme.grid_size(level) or (2 ** 31, 2 ** 31)
+                            for level in cache.scheme.levels}
         page = preview_page(cache, service, f"{_SERVICES}/{name}/MapServer", tiled_levels, self.zooms)
         self.assets: dict[str, tuple[bytes, bytes]] = {
             "": (b"text/html; charset=utf-8", page), "/preview": (b"text/html; charset=utf-8", page),
@@ -253,6 +264,10 @@ class _Routes:
             for path, doc in ((self.service_path, service), (_SERVICES, catalog),
                               (_ROOT + "/info", info))
         }
+        #: (lower-case path prefix, handler): /export and /WMTS (see cacheorch.serving.routes)
+        self.handlers: list[tuple[str, Handler]] = []
+        from cacheorch.serving.routes import add_handlers
+        add_handlers(self, service, tiled_levels)
 
 
 _TILE_MISSING = _error_body(404, "Tile not found")
@@ -288,6 +303,7 @@ class _Handler(BaseHTTPRequestHandler):
         Only ``Connection`` matters to a GET/HEAD-only server; other headers are skipped unparsed.
         """
         self.command = None  # type: ignore[assignment]  # as the stdlib does, for error replies
+        self.host_header = ""
         self.request_version = "HTTP/0.9"
         self.close_connection = True
         self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
@@ -308,7 +324,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return False
             if line in (b"\r\n", b"\n", b""):
                 break
-            if line[:11].lower() == b"connection:":
+            if line[:5].lower() == b"host:":
+                self.host_header = line[5:].strip().decode("latin-1")
+            elif line[:11].lower() == b"connection:":
                 value = line[11:].strip().lower()
                 keep_alive = value != b"close" and (keep_alive or value == b"keep-alive")
         else:
@@ -318,6 +336,14 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     # -- responses ------------------------------------------------------------------------------
+
+    def _base_url(self) -> str:
+        """``http://host[:port]`` as the client asked for it (for absolute URLs in documents)."""
+        host = self.host_header
+        if not host or any(c in host for c in "\"<>/ \\"):
+            address = self.server.server_address
+            host = f"[{address[0]}]:{address[1]}" if ":" in str(address[0]) else f"{address[0]}:{address[1]}"
+        return f"http://{host}"
 
     def _send(self, head: bytes, content_type: bytes, body: bytes, head_only: bool) -> None:
         keep = b"" if not self.close_connection else b"Connection: close\r\n"
@@ -345,6 +371,14 @@ class _Handler(BaseHTTPRequestHandler):
         if xyz is not None:
             self._xyz(routes, int(xyz.group(1)), int(xyz.group(2)), int(xyz.group(3)), head_only)
             return
+        for prefix, handler in routes.handlers:
+            if lower.startswith(prefix):
+                answer = handler(path[len(prefix):], query, self._base_url())
+                if isinstance(answer[0], int):  # (level, row, col): a tile
+                    self._tile(routes, "/".join(map(str, answer)), head_only)
+                else:
+                    self._send(*answer, head_only)  # type: ignore[arg-type]
+                return
         key = path.rstrip("/").lower()
         asset = routes.assets.get(key)
         if asset is not None:
@@ -365,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         level, row, col = int(parts[0]), int(parts[1]), int(parts[2])
         if level not in routes.levels:
-            self._not_found(_TILE_MISSING, head_only)
+            self._no_tile(routes, level, row, col, head_only)
             return
         try:
             data = routes.get_tile(level, row, col)
@@ -376,9 +410,19 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, OverflowError):  # a row or column no bundle name can hold
             data = None
         if data is None:
-            self._not_found(_TILE_MISSING, head_only)
+            self._no_tile(routes, level, row, col, head_only)
             return
         self._send(b"HTTP/1.1 200 OK\r\n", _content_type(data), data, head_only)
+
+    def _no_tile(self, routes: _Routes, level: int, row: int, col: int, head_only: bool) -> None:
+        """A tile of the grid the cache does not hold: 204, which GDAL's WMS driver (and ``run``)
+        read as empty, where a 404 would fail the whole read; off the grid or the levels: 404."""
+        grid = routes.scheme_grid.get(level)
+        if grid is None or row >= grid[0] or col >= grid[1]:
+            self._not_found(_TILE_MISSING, head_only)
+            return
+        self.wfile.write(b"".join((b"HTTP/1.1 204 No Content\r\n", _CORS,
+                                   b"" if not self.close_connection else b"Connection: close\r\n", b"\r\n")))
 
     def _xyz(self, routes: _Routes, zoom: int, x: int, y: int, head_only: bool) -> None:
         if not routes.zooms:
@@ -634,6 +678,9 @@ def run_server(cache: str | Path, host: str = "127.0.0.1", port: int = 0, name: 
         echo(f"Preview in a browser: {server.root_url}/")
         if xyz_zooms(server.cache.scheme):
             echo(f"XYZ tiles: {server.root_url}/{{z}}/{{x}}/{{y}}")
+        if server.cache.scheme.spatial_reference.epsg is not None:  # WMTS names its CRS by code
+            echo(f"WMTS: {server.url}/WMTS/1.0.0/WMTSCapabilities.xml")
+        echo(f"GDAL: WMS:{server.url}?f=json")
         if host not in ("127.0.0.1", "localhost", "::1"):
             echo(f"Note: listening on {host}, reachable from other machines.")
         echo("Press Ctrl-C to stop.")

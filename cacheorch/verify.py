@@ -85,6 +85,8 @@ class VerifyReport:
     path: Path
     storage: str = ""
     levels: dict[int, LevelTally] = field(default_factory=dict)
+    #: whether the format keeps tiles in bundles (Compact V1/V2): the summary counts them only then
+    in_bundles: bool = True
     defects: list[Defect] = field(default_factory=list)
 
     @property
@@ -103,8 +105,9 @@ class VerifyReport:
         levels = sorted(self.levels)
         span = f"levels {levels[0]}-{levels[-1]}" if levels else "no levels"
         verdict = "no defects" if self.ok else f"{len(self.defects)} defect(s)"
-        return (f"{self.path}: {self.storage or 'unknown format'}, {self.tiles:,} tiles in "
-                f"{self.bundles:,} bundles, {span}: {verdict}")
+        bundles = f" in {self.bundles:,} bundles" if self.in_bundles else ""
+        return (f"{self.path}: {self.storage or 'unknown format'}, {self.tiles:,} tiles{bundles}, "
+                f"{span}: {verdict}")
 
     def to_json(self) -> dict[str, Any]:
         return {"output": str(self.path), "storage": self.storage, "ok": self.ok,
@@ -514,6 +517,7 @@ def verify_output(path: str | os.PathLike[str]) -> VerifyReport:
         raise
     with cache:
         report.storage = cache.storage_label
+        report.in_bundles = cache.storage_format in (COMPACT_V1, COMPACT_V2)
         scheme = cache.scheme
         keys = list(cache.bundle_keys())
         _check_levels(scheme, sorted({k[0] for k in keys}), report)

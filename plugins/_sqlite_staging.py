@@ -106,8 +106,7 @@ class SqliteStagingSession(ExportSession):
         self._lock = threading.RLock()
         self._in_tx = False
         if request.mode == "create" and os.path.lexists(self.output):
-            raise OutputExistsError(f"{self.output} already exists; choose another output or "
-                                    f"overwrite it")
+            raise OutputExistsError.at(self.output)
         self._conn = self._prepare()
         self._done = {(lv, r, c) for lv, r, c in
                       self._conn.execute("SELECT level, bundle_row, bundle_col FROM cacheorch_bundles")}
@@ -215,8 +214,7 @@ class SqliteStagingSession(ExportSession):
         if self.guard.committed:
             raise ExportError(f"{self.output}: already committed")
         if self.request.mode == "create" and os.path.lexists(self.output):
-            raise OutputExistsError(f"{self.output} already exists; choose another output or "
-                                    f"overwrite it")
+            raise OutputExistsError.at(self.output)
 
         def finalise() -> None:
             self._begin()

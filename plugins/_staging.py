@@ -226,8 +226,7 @@ class StagingSession(ExportSession):
         self._guard = BundleGuard({lod.level for lod in request.levels}, self.output)
         self._blank = BlankCounter(skip_blank)
         if request.mode == "create" and self._output_exists():
-            raise OutputExistsError(f"{self.output} already exists; choose another output or "
-                                    f"overwrite it")
+            raise OutputExistsError.at(self.output)
         self._prepare()
 
     #: Tiles stored once because an identical one was already stored (no staged format shares).
@@ -312,8 +311,7 @@ class StagingSession(ExportSession):
         if self._guard.committed:
             raise ExportError(f"{self.output}: already committed")
         if self.request.mode == "create" and self._output_exists():
-            raise OutputExistsError(f"{self.output} already exists; choose another output or "
-                                    f"overwrite it")
+            raise OutputExistsError.at(self.output)
         try:
             self._write_metadata()
             self._publish()

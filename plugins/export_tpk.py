@@ -26,14 +26,14 @@ from xml.sax.saxutils import escape
 from cacheorch import hookimpl
 from cacheorch.errors import FormatError
 from cacheorch.formats.bundle_v1 import (
-    BUNDLX_SIZE, V1_HEADER_SIZE, BundleV1Writer, bundlx_name, read_v1_header,
+    BUNDLX_SIZE, V1_HEADER_SIZE, BundleV1Reader, BundleV1Writer, bundlx_name, read_v1_header,
 )
 from cacheorch.formats.confxml import COMPACT_V1, conf_cdi_bytes, conf_xml_bytes
 from cacheorch.formats.rootjson import wgs84_bounds
 from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, Exporter
 from cacheorch.plugins._export_common import BlankOptions
 from cacheorch.plugins._staging import StagedBundle, export_extent, title_of
-from cacheorch.plugins.export_tpkx import TpkxSession, _zip_info, thumbnail_png
+from cacheorch.plugins.export_tpkx import TpkxSession, _zip_info
 
 __all__ = ["TpkExporter", "TpkSession", "MAP_FOLDER", "cacheorch_register_exporters"]
 
@@ -125,6 +125,10 @@ class TpkSession(TpkxSession):
               on_done: Callable[[], None]) -> BundleSink:
         return _StagedV1Bundle(final, bundle_row, bundle_col, on_done)
 
+    def _reader(self, path: Path, bundle_row: int, bundle_col: int) -> BundleV1Reader | None:
+        bundlx = path.with_name(bundlx_name(bundle_row, bundle_col))
+        return BundleV1Reader.from_paths(path, bundlx) if bundlx.is_file() else None
+
     def _metadata(self) -> dict[str, bytes]:
         request = self.request
         scheme = request.service.scheme
@@ -138,7 +142,7 @@ class TpkSession(TpkxSession):
             "esriinfo/item.pkinfo": _pkinfo_xml(guid, name),
             "esriinfo/iteminfo.xml": _iteminfo_xml(name, title, request.service.description,
                                                    wgs84, _sr_name(sr)),
-            "esriinfo/thumbnail/thumbnail.png": thumbnail_png(),
+            "esriinfo/thumbnail/thumbnail.png": self.thumbnail(extent),
             "servicedescriptions/mapserver/mapserver.json":
                 json.dumps(_mapserver_json(request, extent, wgs84), ensure_ascii=False).encode("utf-8"),
             f"{MAP_FOLDER}/conf.xml": conf_xml_bytes(scheme, lods=request.levels,

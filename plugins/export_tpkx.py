@@ -7,21 +7,26 @@ that over the output, so the output name only ever holds a complete package.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import shutil
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from cacheorch import hookimpl
-from cacheorch.formats.bundle import ARCGIS_RECORD_COUNT
+from cacheorch.formats.bundle import ARCGIS_RECORD_COUNT, BundleReader
 from cacheorch.formats.png import encode_png
 from cacheorch.formats.rootjson import iteminfo_json, root_json, wgs84_bounds
 from cacheorch.interfaces import ExportRequest, ExportSession, Exporter
 from cacheorch.plugins._staging import StagingSession, export_extent, publish_file, title_of
+from cacheorch.tiling import BUNDLE_SIZE, Envelope, TilingScheme
 
-__all__ = ["TpkxExporter", "TpkxSession", "thumbnail_png", "cacheorch_register_exporters"]
+__all__ = ["TpkxExporter", "TpkxSession", "thumbnail_png", "rendered_thumbnail",
+           "cacheorch_register_exporters"]
 
 _COPY_CHUNK = 1 << 20
 #: Thumbnail size of Esri's packages.
@@ -32,6 +37,42 @@ def thumbnail_png(rgb: tuple[int, int, int] = (0x3C, 0x78, 0xB4)) -> bytes:
     """A plain-colour thumbnail: portals want one, and drawing the map would cost a tile render."""
     width, height = THUMBNAIL_SIZE
     return encode_png(width, height, bytes(rgb) * (width * height))
+
+
+def rendered_thumbnail(scheme: TilingScheme, levels: Sequence[int], extent: Envelope | None,
+                       get_tile: Callable[[int, int, int], bytes | None]) -> bytes:
+    """The package's own tiles over its extent as a PNG thumbnail; a plain colour when no level
+    draws it within the tile budget, or the tiles cannot be decoded."""
+    if extent is None or not levels:
+        return thumbnail_png()
+    from cacheorch.serving.export import BadExportRequest, pick_level, stitch
+    width, height = THUMBNAIL_SIZE
+    xmin, ymin, xmax, ymax = extent.bounds
+    # widen the extent to the thumbnail's shape, centred
+    res = max((xmax - xmin) / width, (ymax - ymin) / height)
+    cx, cy = (xmin + xmax) / 2, (ymin + ymax) / 2
+    bbox = (cx - width * res / 2, cy - height * res / 2, cx + width * res / 2, cy + height * res / 2)
+    first = pick_level(scheme, levels, res)
+    image = None
+    # from the level that fits the thumbnail towards finer ones, until one has tiles there
+    for level in sorted((lv for lv in levels if scheme.lod(lv).resolution <= scheme.lod(first).resolution),
+                        key=lambda lv: -scheme.lod(lv).resolution):
+        try:
+            image = stitch(scheme, get_tile, level, bbox, width, height)
+        except BadExportRequest:  # too many tiles from here on
+            break
+        except (OSError, ValueError):  # a tile Pillow cannot decode
+            return thumbnail_png()
+        if image.getchannel("A").getbbox() is not None:
+            break
+        image = None
+    if image is None:
+        return thumbnail_png()
+    from PIL import Image
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    out = io.BytesIO()
+    Image.alpha_composite(background, image).convert("RGB").save(out, "PNG")
+    return out.getvalue()
 
 
 def _zip_info(name: str, when: float | None = None) -> zipfile.ZipInfo:
@@ -86,8 +127,30 @@ class TpkxSession(StagingSession):
         return {
             "iteminfo.json": json.dumps(item, ensure_ascii=False).encode("utf-8"),
             "root.json": json.dumps(root, ensure_ascii=False).encode("utf-8"),
-            "thumbnail.png": thumbnail_png(),
+            "thumbnail.png": self.thumbnail(extent),
         }
+
+    def thumbnail(self, extent: Envelope | None) -> bytes:
+        """Drawn from the staged bundles: the package's own tiles over its extent."""
+        readers: dict[Path, Any] = {}
+
+        def get_tile(level: int, row: int, col: int) -> bytes | None:
+            brow, bcol = row - row % BUNDLE_SIZE, col - col % BUNDLE_SIZE
+            path = self.bundle_path(level, brow, bcol)
+            if path not in readers:
+                readers[path] = self._reader(path, brow, bcol) if path.is_file() else None
+            reader = readers[path]
+            return None if reader is None else reader.get(row, col)
+
+        try:
+            return rendered_thumbnail(self.request.scheme, self.levels(), extent, get_tile)
+        finally:
+            for reader in readers.values():
+                if reader is not None and hasattr(reader, "close"):
+                    reader.close()
+
+    def _reader(self, path: Path, bundle_row: int, bundle_col: int) -> Any:
+        return BundleReader(path, bundle_row=bundle_row, bundle_col=bundle_col)
 
     def _write_metadata(self) -> None:
         self._files = self._metadata()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-__all__ = ["chromium", "need_chromium", "screenshot", "colour_pixels"]
+__all__ = ["chromium", "need_chromium", "screenshot", "dump_dom", "colour_pixels"]
 
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -52,16 +52,9 @@ def screenshot(url: str, *, size: tuple[int, int] = (800, 600), timeout: float =
     import rasterio
     import rasterio.errors
 
-    browser = need_chromium()
     with tempfile.TemporaryDirectory(prefix="cacheorch-chromium-") as tmp:
         png = Path(tmp) / "shot.png"
-        args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-proxy-server", "--hide-scrollbars",
-                f"--user-data-dir={tmp}/profile", f"--screenshot={png}",
-                f"--window-size={size[0]},{size[1]}", f"--virtual-time-budget={budget_ms}", url]
-        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-        result = subprocess.run(args, capture_output=True, timeout=timeout, env=env, check=False)
+        result = _run(tmp, [f"--screenshot={png}"], url, size, timeout, budget_ms)
         if not png.exists():
             raise AssertionError(f"chromium wrote no screenshot (exit {result.returncode}): "
                                  f"{result.stderr.decode(errors='replace')[-2000:]}")
@@ -70,6 +63,26 @@ def screenshot(url: str, *, size: tuple[int, int] = (800, 600), timeout: float =
             with rasterio.open(png) as ds:
                 bands = ds.read()
     return np.ascontiguousarray(np.moveaxis(bands[:3], 0, -1))
+
+
+def _run(tmp: str, extra: list[str], url: str, size: tuple[int, int], timeout: float,
+         budget_ms: int) -> subprocess.CompletedProcess:
+    browser = need_chromium()
+    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-proxy-server", "--hide-scrollbars",
+            f"--user-data-dir={tmp}/profile", *extra,
+            f"--window-size={size[0]},{size[1]}", f"--virtual-time-budget={budget_ms}", url]
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    return subprocess.run(args, capture_output=True, timeout=timeout, env=env, check=False)
+
+
+def dump_dom(url: str, *, size: tuple[int, int] = (800, 600), timeout: float = 90.0,
+             budget_ms: int = 5000) -> str:
+    """The page's DOM as HTML after its scripts ran (what the scripts set is in it)."""
+    with tempfile.TemporaryDirectory(prefix="cacheorch-chromium-") as tmp:
+        result = _run(tmp, ["--dump-dom"], url, size, timeout, budget_ms)
+    return result.stdout.decode(errors="replace")
 
 
 def colour_pixels(image: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 6) -> int:

@@ -145,7 +145,11 @@ def test_jobs_and_job_show_extracted_scales(cli, server, area_file, tmp_path) ->
     assert job["output"] == str(tmp_path / "a.tpkx")
     assert [lv["level"] for lv in job["levels"]] == list(LEVELS)
     assert job["levels"][0]["resolution"] == pytest.approx(156543.033928, rel=1e-9)
-    assert job["levels"][4]["area_name"] == str(area_file)
+    assert job["levels"][4]["area"] == str(area_file)
+    plan = json.loads(cli("plan", "--service", server.url, "--levels", "0-8", "--aoi", "0-3=extent",
+                          "--aoi", f"4-8={area_file}", "--json").stdout)
+    assert [set(lv) & {"area", "area_name"} for lv in plan["levels"]] == \
+        [set(lv) & {"area", "area_name"} for lv in job["levels"]] == [{"area"}] * len(LEVELS)
     assert sum(lv["tiles_written"] for lv in job["levels"]) == job["tiles_written"] > 0
     human = cli("job", str(jobs[1]["id"]))
     assert human.code == 0 and "591657527" in human.stdout

@@ -27,7 +27,7 @@ from cacheorch.tiling import (
 #: The world's quadrants at every level: top-left, top-right, bottom-left, bottom-right.
 QUADRANTS = {(0, 0): (220, 30, 40), (0, 1): (30, 170, 60), (1, 0): (240, 200, 20),
              (1, 1): (40, 70, 210)}
-GREEN, MAGENTA = (20, 200, 120), (200, 40, 200)
+GREEN, MAGENTA, GREY = (20, 200, 120), (200, 40, 200), (128, 128, 128)
 
 
 def write_cache(folder: Path, scheme: TilingScheme, tiles: dict[tuple[int, int, int], bytes],
@@ -42,14 +42,18 @@ def write_cache(folder: Path, scheme: TilingScheme, tiles: dict[tuple[int, int, 
     return session.commit()
 
 
-def quadrant_cache(folder: Path) -> Path:
+def quadrant_tiles() -> dict[tuple[int, int, int], bytes]:
     tiles = {}
     for level in (1, 2, 3):
         half = 2 ** (level - 1)
         for r in range(2 ** level):
             for c in range(2 ** level):
                 tiles[(level, r, c)] = solid_png(QUADRANTS[(r // half, c // half)])
-    return write_cache(folder, web_mercator_scheme(6), tiles)
+    return tiles
+
+
+def quadrant_cache(folder: Path) -> Path:
+    return write_cache(folder, web_mercator_scheme(6), quadrant_tiles())
 
 
 def nztm_cache(folder: Path) -> Path:
@@ -136,7 +140,8 @@ def _service_json(scheme: TilingScheme) -> dict:
 @pytest.fixture
 def plan_page(tmp_path: Path, cli) -> tuple[Path, dict]:
     scheme = web_mercator_scheme(8)
-    with TileServer({}, service=_service_json(scheme)) as server:
+    with TileServer(quadrant_tiles(), default_tile=solid_png(GREY),
+                    service=_service_json(scheme)) as server:
         page = tmp_path / "plan.html"
         args = ["plan", "--service", server.url, "--levels", "0-8", "--aoi", "0-3=extent",
                 "--aoi", "4-8=bbox:5.9,45.8,10.5,47.8@4326"]
@@ -181,8 +186,59 @@ def test_plan_html_enlarges_small_areas_in_a_detail_map(plan_page, tmp_path: Pat
 def test_plan_html_renders(plan_page) -> None:
     need_chromium()
     page, _ = plan_page
-    image = screenshot(page.as_uri(), size=(900, 700))
-    # not blank: many colours, and the areas' fills are there
-    flat = image.reshape(-1, 3)
-    assert len(np.unique(flat[::7], axis=0)) > 20
-    assert (flat.std(axis=0) > 10).all()
+    image = screenshot(page.as_uri(), size=(900, 1400))
+    # the levels 0-3 area (the world, #0072B2 at 45 %) over the service's own level-1 tiles: each
+    # quadrant's colour blended with the fill, in its place; a page missing either the tiles or
+    # the area has none of these colours
+    fill = np.array((0x00, 0x72, 0xB2))
+    blended = {q: tuple(int(round(v)) for v in 0.55 * np.array(rgb) + 0.45 * fill)
+               for q, rgb in QUADRANTS.items()}
+    counts = {q: colour_pixels(image, rgb) for q, rgb in blended.items()}
+    assert all(n > 5000 for n in counts.values()), counts
+    left_top, right_bottom = _centroid(image, blended[(0, 0)]), _centroid(image, blended[(1, 1)])
+    assert left_top[0] < right_bottom[0] and left_top[1] < right_bottom[1]
+    # the detail map: the Alps (levels 4-8, #E69F00) over the world's fill over the level-8
+    # tiles (GREY: the server's tile for every key not listed)
+    alps = 0.55 * (0.55 * np.array(GREY) + 0.45 * fill) + 0.45 * np.array((0xE6, 0x9F, 0x00))
+    assert colour_pixels(image, tuple(int(round(v)) for v in alps)) > 5000
+
+
+def test_plan_html_embeds_the_services_small_level_tiles(plan_page) -> None:
+    """Fetched once while planning and embedded: the page still needs no network to show them."""
+    page, _ = plan_page
+    text = page.read_text(encoding="utf-8")
+    overview = text[:text.index('<svg id="detail"')]
+    tiles = re.findall(r'<image class="tile"[^>]*href="data:image/png;base64,', overview)
+    assert len(tiles) == 4  # the world at level 1: 2×2 tiles, about 512 pixels across
+    assert 1 <= text.count('<image class="tile"') - 4 <= 36  # the detail map's own level
+    assert overview.index('<image class="tile"') < overview.index('<path class="area"')  # beneath
+    assert 'class="scalebar"' in overview and " km</text>" in overview
+    assert ">-10,000,000</text>" in overview and ">10,000,000</text>" in overview  # coordinates
+
+
+def corner_cache(folder: Path) -> Path:
+    """Levels 1-2 cover the world (quadrant colours); level 3 only the top-left quadrant."""
+    tiles = {k: v for k, v in quadrant_tiles().items() if k[0] < 3 or (k[1] < 4 and k[2] < 4)}
+    return write_cache(folder, web_mercator_scheme(6), tiles)
+
+
+@pytest.mark.slow  # starts a browser (a few seconds)
+def test_preview_opens_at_the_data_and_keeps_the_view_in_its_url(tmp_path: Path) -> None:
+    from _chromium import dump_dom
+    need_chromium()
+    red, blue = QUADRANTS[(0, 0)], QUADRANTS[(1, 1)]
+    with CacheServer(corner_cache(tmp_path / "corner")) as server:
+        # no view in the URL: the finest level's tiles fill the map, not the world's quadrants
+        opened = screenshot(server.root_url + "/", size=(800, 900))
+        dom = dump_dom(server.root_url + "/", size=(800, 900))
+        # a view in the URL: level 2 centred on the blue quadrant
+        quarter = 20037508.342787 / 2
+        at_blue = screenshot(f"{server.root_url}/#level=2&x={quarter}&y={-quarter}", size=(800, 900))
+    # level 2: the red quadrant (512 px) fills the map; the blue one shows only in the margin
+    assert colour_pixels(opened, red) == 512 * 512 and colour_pixels(opened, blue) < 200 * 200
+    link = re.search(r'id="permalink" href="#level=(\d+)&amp;x=([-\d.]+)&amp;y=([-\d.]+)"', dom)
+    assert link and link.group(1) == "2", dom[:2000]
+    assert float(link.group(2)) == pytest.approx(-quarter, abs=1) \
+        and float(link.group(3)) == pytest.approx(quarter, abs=1)
+    assert "Zoom to data" in dom
+    assert colour_pixels(at_blue, blue) == 512 * 512 and colour_pixels(at_blue, red) < 200 * 200

@@ -123,16 +123,19 @@ def plan_command(app: App, as_json: bool, token: str | None, html_path: str | No
     """Show what a job would export: levels, scales, areas and tile counts (fetches no tiles)."""
     spec, connection = _spec_and_connection(app, kw | {"token": token})
     from cacheorch.interfaces import DelegatedExporter
-    server_estimate = None
+    server_estimate = basemap = None
     try:
         plan = make_plan(app.plugins, spec, connection, fetching=False)
         if isinstance(plan.exporter, DelegatedExporter):  # e.g. exportTiles' own estimate
             server_estimate = plan.exporter.estimate(plan, connection)
+        if html_path:  # the service's own tiles at small levels, drawn beneath the areas
+            from cacheorch.planhtml import fetch_basemap
+            basemap = fetch_basemap(app.plugins, plan, connection)
     finally:
         connection.close()
     if html_path:
         from cacheorch.planhtml import write_plan_html
-        write_plan_html(plan, html_path)
+        write_plan_html(plan, html_path, basemap)
     if as_json:
         _emit_json(_plan_json(plan) | ({"server_estimate": server_estimate}
                                        if server_estimate is not None else {}))
@@ -194,7 +197,7 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[int], None] | Non
     except OSError:
         size = shutil.get_terminal_size()
     # a terminal reporting 0×0 (some CI ptys) would make tqdm hide the bar altogether
-    with tqdm(total=total, unit="tile", unit_scale=True, ncols=min(size.columns or 80, 120),
+    with tqdm(total=total, unit="tile", unit_scale=False, ncols=min(size.columns or 80, 120),
               nrows=size.lines or 24, file=sys.stderr, smoothing=0.1) as bar:
         yield bar.update
 
@@ -251,9 +254,10 @@ def _job_json(job: dict[str, Any], message: str = "") -> dict[str, Any]:
         "tiles_planned": job.get("tiles_planned"), "tiles_written": job.get("tiles_written"),
         "tiles_missing": job.get("tiles_missing"), "tiles_failed": job.get("tiles_failed"),
         "bytes": job.get("bytes"),
-        "levels": [{k: lv.get(k) for k in ("level", "scale", "resolution", "area_name",
-                                            "tiles_planned", "tiles_written", "tiles_missing",
-                                            "tiles_failed", "bytes")}
+        # "area", as plan --json names it (the catalog's column is area_name)
+        "levels": [{k: lv.get("area_name" if k == "area" else k)
+                    for k in ("level", "scale", "resolution", "area", "tiles_planned",
+                              "tiles_written", "tiles_missing", "tiles_failed", "bytes")}
                    for lv in job.get("levels", [])],
         "errors": errors,
     }
@@ -326,11 +330,15 @@ def jobs_command(app: App, as_json: bool) -> None:
     if not jobs:
         click.echo(f"no jobs in {app.catalog_path}")
         return
-    click.echo(f"{'id':>5}  {'status':<11}  {'created':<25}  {'written':>10}  {'failed':>7}  output")
-    for job in jobs:
-        click.echo(f"{job['id']:>5}  {job['status']:<11}  {str(job.get('created_at')):<25}  "
-                   f"{job.get('tiles_written') or 0:>10,}  {job.get('tiles_failed') or 0:>7,}  "
-                   f"{job.get('output')}")
+    rows = [("id", "status", "created", "written", "failed", "output")]
+    rows += [(str(job["id"]), str(job["status"]), str(job.get("created_at")),
+              f"{job.get('tiles_written') or 0:,}", f"{job.get('tiles_failed') or 0:,}",
+              str(job.get("output"))) for job in jobs]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    right = (True, False, False, True, True)  # numbers right-aligned, under their heading
+    for row in rows:
+        cells = [cell.rjust(w) if r else cell.ljust(w) for cell, w, r in zip(row, widths, right)]
+        click.echo("  ".join(cells + [row[5]]))
 
 
 @click.command("job")
@@ -356,7 +364,7 @@ def job_command(app: App, job_id: int, as_json: bool) -> None:
         click.echo(f"{lv['level']:>5}  {lv['scale']:>16.6f}  {lv['resolution']:>18.10f}  "
                    f"{lv['tiles_planned'] or 0:>10,}  {lv['tiles_written'] or 0:>10,}  "
                    f"{lv['tiles_missing'] or 0:>8,}  {lv['tiles_failed'] or 0:>7,}  "
-                   f"{_fmt_bytes(lv['bytes']):>10}  {lv['area_name']}")
+                   f"{_fmt_bytes(lv['bytes']):>10}  {lv['area']}")
     for message in messages:
         click.echo(f"{message['source']:<9}{message['kind']}: {message['message']}")
     for line in data["errors"][:20]:

@@ -50,14 +50,17 @@ def demo_command(app: App, directory: str) -> None:
     area = write_demo_area(folder / "demo-area.geojson")
     catalog = str(folder / "cacheorch.sqlite")
     with CacheServer(cache, service_name="demo") as server:
+        # by hand the service is on port 8080 under the same name, so the printed commands work
+        by_hand = server.url.replace(server.root_url, "http://127.0.0.1:8080")
         click.echo(f"serving it as an ArcGIS REST MapServer at {server.url}")
-        click.echo(f"  (by hand: cacheorch serve {shlex.quote(str(cache))} --port 8080)")
+        click.echo(f"  (by hand: cacheorch serve {shlex.quote(str(cache))} --name demo --port 8080,\n"
+                   f"   which serves {by_hand}, the --service of the commands below)")
         runs = [("tpkx", folder / "demo.tpkx"), ("compact-v2", folder / "demo-compact")]
         for exporter, output in runs:
             args = ["--catalog", catalog, "run", "--service", server.url, "--levels", "0-5",
                     "--aoi", "0-2=extent", "--aoi", f"3-5={area}", "--exporter", exporter,
                     "--output", str(output), "--mode", "overwrite"]
-            click.echo(f"\n$ cacheorch {shlex.join(args)}")
+            click.echo(f"\n$ cacheorch {shlex.join(by_hand if a == server.url else a for a in args)}")
             code = main(args)
             if code != 0:
                 raise CacheorchError(f"the demo export to {output} ended with exit code {code}")

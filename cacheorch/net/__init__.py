@@ -354,6 +354,14 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _unwrapped(reason: str) -> str:
+    """``reason`` without the closing quotes and parentheses of urllib3's wrapping, keeping its own."""
+    reason = reason.rstrip(" '\"")
+    while reason.endswith(")") and reason.count(")") > reason.count("("):
+        reason = reason[:-1].rstrip(" '\"")
+    return reason
+
+
 def describe(exc: BaseException, host: str | None = None, proxy: Proxy | None = None) -> str:
     """Why a request failed, in words, from any client's exception (never a class name alone).
 
@@ -399,4 +407,6 @@ def describe(exc: BaseException, host: str | None = None, proxy: Proxy | None = 
     if "InvalidSchema" in names or "InvalidURL" in names:
         return str(exc)
     text = " ".join(str(exc).split())
+    if "Failed to resolve" in text:  # urllib3's NameResolutionError, wrapped in its pool's words
+        return _unwrapped(text[text.index("Failed to resolve"):])
     return text or type(exc).__name__

@@ -51,9 +51,19 @@
     return { xmin: origin.x, ymax: origin.y, xmax: origin.x + tileW * r, ymin: origin.y - tileH * r };
   }
 
-  /* The finest level at which the whole extent fits in the map, centred on it. */
-  function fullView() {
-    var e = extent(), s = size(), i = 0;
+  /* Where the tiles are (computed by the server from the cache), else the whole extent. */
+  function dataExtent() {
+    var d = config.dataExtent;
+    if (d && d.length === 4 && d[2] > d[0] && d[3] > d[1]) {
+      return { xmin: d[0], ymin: d[1], xmax: d[2], ymax: d[3] };
+    }
+    return extent();
+  }
+
+  /* The finest level at which the extent e (default: the whole one) fits, centred on it. */
+  function fullView(e) {
+    e = e || extent();
+    var s = size(), i = 0;
     for (var k = 0; k < lods.length; k++) {
       var r = lods[k].resolution;
       if ((e.xmax - e.xmin) / r <= s.w && (e.ymax - e.ymin) / r <= s.h) { i = k; }
@@ -104,6 +114,34 @@
     });
     showStatus(shown);
     markLevel();
+    remember();
+  }
+
+  // -- the view in the URL: #level=L&x=X&y=Y, so a reload or a shared link opens the same place --
+
+  var permalink = document.getElementById("permalink");
+  function remember() {
+    var hash = "#level=" + lods[view.i].level + "&x=" + view.x.toFixed(3) + "&y=" + view.y.toFixed(3);
+    if (permalink) { permalink.href = hash; }
+    if (location.hash !== hash && window.history && history.replaceState) {
+      history.replaceState(null, "", hash);
+    }
+  }
+
+  function recall() {
+    var params = {};
+    location.hash.replace(/^#/, "").split("&").forEach(function (part) {
+      var kv = part.split("=");
+      if (kv.length === 2) { params[kv[0]] = Number(kv[1]); }
+    });
+    if (!isFinite(params.level) || !isFinite(params.x) || !isFinite(params.y)) { return false; }
+    for (var k = 0; k < lods.length; k++) {
+      if (lods[k].level === params.level) {
+        view.i = k; view.x = params.x; view.y = params.y;
+        return true;
+      }
+    }
+    return false;
   }
 
   function hide(event) { event.target.style.visibility = "hidden"; }
@@ -194,6 +232,9 @@
     } else if (event.key === "0") {
       fullView();
       render();
+    } else if (event.key === "d") {
+      fullView(dataExtent());
+      render();
     } else {
       return;
     }
@@ -202,7 +243,9 @@
   document.getElementById("zoom-in").onclick = function () { zoomTo(view.i + 1); };
   document.getElementById("zoom-out").onclick = function () { zoomTo(view.i - 1); };
   document.getElementById("zoom-full").onclick = function () { fullView(); render(); };
+  document.getElementById("zoom-data").onclick = function () { fullView(dataExtent()); render(); };
   window.addEventListener("resize", render);
+  window.addEventListener("hashchange", function () { if (recall()) { render(); } });
 
   // -- the side panel --------------------------------------------------------------------------
 
@@ -234,8 +277,19 @@
   item(links, "MapServer JSON", config.serviceUrl + "?f=pjson");
   item(links, "tile/{level}/{row}/{col}", tileUrl(lods[0].level, 0, 0));
   if (config.xyz) { item(links, "XYZ /{z}/{x}/{y}", "/" + config.xyz + "/0/0"); }
+  item(links, "WMTS capabilities", config.serviceUrl + "/WMTS/1.0.0/WMTSCapabilities.xml");
 
-  fullView();
+  if (!recall()) {
+    fullView(dataExtent());
+    // the map's size may be final only once the page has loaded: fit again if nobody moved it
+    var first = { i: view.i, x: view.x, y: view.y };
+    window.addEventListener("load", function () {
+      if (view.i === first.i && view.x === first.x && view.y === first.y) {
+        fullView(dataExtent());
+        render();
+      }
+    });
+  }
   render();
   window.cacheorchPreview = { view: view, lods: lods, zoomTo: zoomTo, render: render };
 })();
