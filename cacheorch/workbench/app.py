@@ -14,6 +14,7 @@ import logging
 import secrets
 import shutil
 import tempfile
+import threading
 import zipfile
 from importlib.resources import files
 from pathlib import Path
@@ -69,6 +70,8 @@ class Workbench:
         self.uploads = Path(tempfile.mkdtemp(prefix="cacheorch-workbench-"))
         #: ``cacheorch serve`` of finished outputs, by job id (the summary's preview links).
         self.previews: dict[int, Any] = {}
+        #: Set when the server is stopping: event streams end instead of holding it up.
+        self.stopping = threading.Event()
 
     def source(self, source_id: Any) -> OpenSource:
         src = self.sources.get(str(source_id or ""))
@@ -81,8 +84,10 @@ class Workbench:
         for server in self.previews.values():
             server.stop()
         self.previews.clear()
-        for src in self.sources.values():
-            src.close()
+        # a source's fetcher may run its own event loop to close: never inside a running one
+        closer = threading.Thread(target=lambda: [src.close() for src in self.sources.values()])
+        closer.start()
+        closer.join(30)
         self.sources.clear()
         pm = self.app.plugins.pm
         if pm.is_registered(self.jobs):
@@ -280,7 +285,7 @@ def create_app(wb: Workbench) -> Starlette:
             seen = -1
             quiet = 0.0
             yield "retry: 2000\n\n"
-            while not await request.is_disconnected():
+            while not wb.stopping.is_set() and not await request.is_disconnected():
                 if wb.jobs.version != seen:
                     seen = wb.jobs.version
                     quiet = 0.0

@@ -13,6 +13,26 @@ if TYPE_CHECKING:
 __all__ = ["WorkbenchServer"]
 
 
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling the workbench when it is asked to stop (Ctrl-C, SIGTERM)."""
+
+        def __init__(self, config: Any, stopping: threading.Event) -> None:
+            super().__init__(config)
+            self.stopping = stopping
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.stopping.set()
+            super().handle_exit(sig, frame)
+    return Server
+
+
+def _Server(config: Any, stopping: threading.Event) -> Any:  # noqa: N802 - a class, built lazily
+    return _server_class()(config, stopping)
+
+
 class WorkbenchServer:
     """The workbench on ``host:port`` (port 0: a free one); ``url`` carries the session token.
 
@@ -36,7 +56,7 @@ class WorkbenchServer:
         self.host, self.port = host, self.socket.getsockname()[1]
         config = uvicorn.Config(create_app(self.workbench), log_level=logging.WARNING,
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config, self.workbench.stopping)
         self._thread: threading.Thread | None = None
 
     @property
@@ -66,6 +86,7 @@ class WorkbenchServer:
         return self
 
     def stop(self) -> None:
+        self.workbench.stopping.set()
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
