@@ -5,15 +5,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from _gdal import solid_png
+from _tileserver import TileServer
 from _tiles import mercator_service_json
 
 from cacheorch.cli import App
 from cacheorch.workbench.app import TOKEN_HEADER
 from cacheorch.workbench.server import WorkbenchServer
 
-__all__ = ["Api", "start_workbench", "quadrant_tiles", "QUADRANTS", "MAX_LEVEL"]
+__all__ = ["Api", "start_workbench", "quadrant_tiles", "QUADRANTS", "MAX_LEVEL", "service", "wb"]
 
 MAX_LEVEL = 5
 #: The world's quadrants, each a solid colour at every level (none of them a tier's colour).
@@ -42,6 +44,21 @@ def service_json() -> dict[str, Any]:
 
 def start_workbench(root: Path, **kw: Any) -> WorkbenchServer:
     return WorkbenchServer(App(), roots=[str(root)], **kw).start()
+
+
+@pytest.fixture
+def service():
+    with TileServer(quadrant_tiles(), service=service_json()) as srv:
+        yield srv
+
+
+@pytest.fixture
+def wb(tmp_path: Path):
+    server = start_workbench(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class Api:

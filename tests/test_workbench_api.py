@@ -18,7 +18,9 @@ import pytest
 import requests
 from _gdal import open_gdal, tile_centre_rgba
 from _tileserver import TileServer
-from _workbench import QUADRANTS, Api, quadrant_tiles, service_json, start_workbench
+from _workbench import (  # noqa: F401 - fixtures
+    QUADRANTS, Api, quadrant_tiles, service, service_json, start_workbench, wb,
+)
 from conftest import run_cli
 
 from cacheorch.tiling import web_mercator_scheme
@@ -27,21 +29,6 @@ WM = web_mercator_scheme(5)
 #: A rectangle in the top-left (red) quadrant, in Web Mercator metres.
 RED_BOX = {"type": "Polygon", "coordinates": [[[-15e6, 5e6], [-5e6, 5e6], [-5e6, 15e6],
                                                [-15e6, 15e6], [-15e6, 5e6]]]}
-
-
-@pytest.fixture
-def service():
-    with TileServer(quadrant_tiles(), service=service_json()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def wb(tmp_path: Path):
-    server = start_workbench(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,9 @@ import pytest
 from _chromium import need_chromium
 from _gdal import decode_rgba, open_gdal, tile_centre_rgba
 from _tileserver import TileServer
-from _workbench import QUADRANTS, Api, quadrant_tiles, service_json, start_workbench
+from _workbench import (  # noqa: F401 - fixtures
+    QUADRANTS, Api, quadrant_tiles, service, service_json, start_workbench, wb,
+)
 
 from cacheorch.tiling import web_mercator_scheme
 
@@ -100,21 +102,6 @@ def tick(page, levels) -> None:
 
 def tiles_shown(page, level: int) -> str:
     return page.inner_text(f'#scales tr[data-level="{level}"] td.tiles')
-
-
-@pytest.fixture
-def service():
-    with TileServer(quadrant_tiles(), service=service_json()) as srv:
-        yield srv
-
-
-@pytest.fixture
-def wb(tmp_path: Path):
-    server = start_workbench(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_open_tick_draw_export_and_check_with_gdal(page, wb, service, tmp_path) -> None:
