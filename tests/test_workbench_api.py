@@ -21,7 +21,6 @@ from _tileserver import TileServer
 from _workbench import (  # noqa: F401 - fixtures
     QUADRANTS, Api, quadrant_tiles, service, service_json, start_workbench, wb,
 )
-from conftest import run_cli
 
 from cacheorch.tiling import web_mercator_scheme
 
@@ -164,7 +163,7 @@ def test_open_a_cache_folder(api, service, tmp_path) -> None:
     assert api.get(f"/api/sources/{local['id']}/tile/1/0/0").content == quadrant_tiles()[(1, 0, 0)]
 
 
-def test_counts_and_copy_as_command_agree_with_the_cli(api, service, tmp_path) -> None:
+def test_counts_and_copy_as_command_agree_with_the_cli(api, service, tmp_path, cli) -> None:
     src = _open(api, service)
     selection = _selection(src, tmp_path) | {"tiers": [
         {"levels": "0-1", "area": {"kind": "extent"}},
@@ -175,7 +174,7 @@ def test_counts_and_copy_as_command_agree_with_the_cli(api, service, tmp_path) -
     command = api.ok("POST", "/api/command", selection)
     args = shlex.split(command["command"])
     assert args[:2] == ["cacheorch", "run"] and "--token" not in args
-    result = run_cli(*(["plan"] + args[2:] + ["--json"]))
+    result = cli(*(["plan"] + args[2:] + ["--json"]))
     assert result.code == 0, result.stderr
     cli_plan = json.loads(result.stdout)
     assert {lv["level"]: lv["tiles_planned"] for lv in cli_plan["levels"]} == by_level
@@ -187,7 +186,7 @@ def test_counts_and_copy_as_command_agree_with_the_cli(api, service, tmp_path) -
     ini = tmp_path / "jobs.ini"
     ini.write_text(api.ok("POST", "/api/command", selection | {"name": "nightly"})["ini"])
     assert "[job:nightly]" in ini.read_text()
-    result = run_cli("--config", str(ini), "plan", "nightly", "--json")
+    result = cli("--config", str(ini), "plan", "nightly", "--json")
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["tiles_planned"] == counts["tiles"]
 
@@ -268,7 +267,7 @@ def _empty_zip() -> bytes:
 
 # -- export, progress, cancel and resume --------------------------------------------------------
 
-def test_export_is_a_catalog_job_and_the_output_is_tile_exact(api, service, tmp_path) -> None:
+def test_export_is_a_catalog_job_and_the_output_is_tile_exact(api, service, tmp_path, cli) -> None:
     src = _open(api, service)
     job = api.ok("POST", "/api/jobs", _selection(src, tmp_path, name="from-the-page"))
     done = api.wait_job(job["job_id"])
@@ -293,7 +292,7 @@ def test_export_is_a_catalog_job_and_the_output_is_tile_exact(api, service, tmp_
     listed = api.ok("GET", "/api/jobs")["jobs"]
     assert [(j["id"], j["name"], j["status"]) for j in listed] == [(job["job_id"], "from-the-page",
                                                                    "completed")]
-    result = run_cli("jobs", "--json")
+    result = cli("jobs", "--json")
     assert json.loads(result.stdout)["jobs"][0]["id"] == job["job_id"]
     verified = api.ok("POST", f"/api/jobs/{job['job_id']}/verify")
     assert verified["ok"] is True, verified
@@ -345,8 +344,8 @@ def test_progress_is_streamed_as_server_sent_events(wb, api, service, tmp_path) 
     assert last["tiles_per_second"] > 0 and "eta_s" in last
 
 
-def test_a_job_run_from_the_cli_is_listed(api, service, tmp_path) -> None:
-    result = run_cli("run", "--service", service.url, "--levels", "0-1",
+def test_a_job_run_from_the_cli_is_listed(api, service, tmp_path, cli) -> None:
+    result = cli("run", "--service", service.url, "--levels", "0-1",
                      "--output", str(tmp_path / "cli.tpkx"))
     assert result.code == 0, result.stderr
     listed = api.ok("GET", "/api/jobs")["jobs"]
@@ -392,3 +391,15 @@ def test_a_count_update_for_a_country_at_level_18_takes_under_200_ms(tmp_path) -
           f"(median of 5)")
     assert level18 > 10_000_000
     assert statistics.median(round_trip) < 200, (planner, round_trip)
+
+
+def test_every_api_route_is_documented(wb) -> None:
+    from starlette.routing import Route
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "workbench-api.md").read_text()
+    routes = [r for r in wb.server.config.app.routes if isinstance(r, Route)]
+    for route in routes:
+        if route.path.startswith("/api/"):
+            path = route.path.replace("{job_id:int}", "{id}").replace("{sid}", "{id}")
+            path = path.replace("{level:int}/{row:int}/{col:int}", "{level}/{row}/{col}")
+            for method in sorted((route.methods or set()) - {"HEAD"}):
+                assert f"`{method} {path}`" in doc, f"{method} {path} is not in docs/workbench-api.md"
