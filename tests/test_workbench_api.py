@@ -124,6 +124,7 @@ def test_bad_input_is_one_line_json(api, service, tmp_path) -> None:
             {"levels": "1", "area": {"kind": "extent"}, "buffer": "12 parsecs"}]}, "buffer"),
         ("/api/plan", {"source": src["id"], "levels": [9]}, "level"),
         ("/api/sources", {"location": ""}, "no source"),
+        ("/api/sources", {"map": "town.aprx"}, "--map"),
         ("/api/jobs", _selection(src, tmp_path, exporter="nosuch"), "nosuch"),
         ("/api/jobs/99/resume", {}, "99"),
     ]
@@ -135,7 +136,7 @@ def test_bad_input_is_one_line_json(api, service, tmp_path) -> None:
         assert 400 <= response.status_code < 500, (path, body, response.text)
         error = response.json()["error"]
         assert says in error and "\n" not in error and "Traceback" not in error, (path, error)
-    assert api.get("/api/jobs/12345").status_code in (400, 404)
+    assert api.get("/api/jobs/12345").status_code == 400
 
 
 # -- open, count, command ------------------------------------------------------------------------
@@ -294,6 +295,8 @@ def test_export_is_a_catalog_job_and_the_output_is_tile_exact(api, service, tmp_
                                                                    "completed")]
     result = cli("jobs", "--json")
     assert json.loads(result.stdout)["jobs"][0]["id"] == job["job_id"]
+    again = api.post("/api/jobs", _selection(src, tmp_path))  # mode create: the output exists
+    assert again.status_code == 400 and "exists" in again.json()["error"], again.text
     verified = api.ok("POST", f"/api/jobs/{job['job_id']}/verify")
     assert verified["ok"] is True, verified
     preview = api.ok("POST", f"/api/jobs/{job['job_id']}/preview")

@@ -33,7 +33,7 @@ from cacheorch import __version__
 from cacheorch.errors import CacheorchError, UsageError
 from cacheorch.workbench.jobs import JobManager
 from cacheorch.workbench.paths import Roots
-from cacheorch.workbench.sources import Credentials, OpenSource, describe, open_source
+from cacheorch.workbench.sources import Credentials, OpenSource, describe, open_map, open_source
 from cacheorch.workbench.tiers import command_of, counts, flags_of, grid, plan_of, spec_of
 
 if TYPE_CHECKING:
@@ -133,8 +133,11 @@ def create_app(wb: Workbench) -> Starlette:
                                   username=body.get("username") or None,
                                   password=body.get("password") or None,
                                   referer=body.get("referer") or None)
-        src = await run_in_threadpool(open_source, app.plugins, location, credentials,
-                                      body.get("source") or None)
+        if body.get("map"):
+            src = await run_in_threadpool(open_map, app.plugins, str(body["map"]), credentials)
+        else:
+            src = await run_in_threadpool(open_source, app.plugins, location, credentials,
+                                          body.get("source") or None)
         wb.sources[src.id] = src
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in src.service.name) or "cache"
         exporter = app.plugins.exporters.get("tpkx")

@@ -109,11 +109,14 @@ class JobManager:
         planned = plan.tiles
 
         def on_start(new_id: int) -> None:
+            job = LiveJob(new_id, planned)
+            if job_id is not None:  # a resume counts on from the bundles the catalog has done
+                done = box["catalog"].get_job(new_id)
+                job.written, job.missing, job.failed, job.bytes = (
+                    done.get(k) or 0 for k in ("tiles_written", "tiles_missing", "tiles_failed",
+                                               "bytes"))
+                job.done = job.written + job.missing + job.failed
             with self.lock:
-                previous = self.live.get(new_id)
-                job = LiveJob(new_id, planned)
-                if previous is not None and job_id is not None:  # a resume counts on from the catalog
-                    job.levels = {}
                 self.live[new_id] = job
                 self._changed()
             box["job"] = job
@@ -130,7 +133,7 @@ class JobManager:
                 raise KeyboardInterrupt  # run_job records the job as interrupted, resumable
 
         def work() -> None:
-            catalog = self.app.open_catalog(redact=connection.redact)
+            catalog = box["catalog"] = self.app.open_catalog(redact=connection.redact)
             try:
                 outcome = run_job(self.app.plugins, catalog, connection, plan, job_id=job_id,
                                   progress=progress, on_start=on_start, retry_failed=retry_failed)
