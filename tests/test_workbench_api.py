@@ -406,3 +406,32 @@ def test_every_api_route_is_documented(wb) -> None:
             path = path.replace("{level:int}/{row:int}/{col:int}", "{level}/{row}/{col}")
             for method in sorted((route.methods or set()) - {"HEAD"}):
                 assert f"`{method} {path}`" in doc, f"{method} {path} is not in docs/workbench-api.md"
+
+
+def test_the_command_prints_a_tokened_loopback_url_and_stops_on_ctrl_c(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    process = subprocess.Popen([sys.executable, "-m", "cacheorch", "workbench", "--port", "0",
+                                "--root", str(tmp_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=os.environ | {"NO_PROXY": "*"})
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("cacheorch workbench at http://127.0.0.1:"), line
+        url = line.split(" at ", 1)[1].strip()
+        root, token = url.split("/?token=")
+        plain = requests.Session()
+        plain.trust_env = False
+        assert plain.get(root + "/api/info", timeout=10).status_code == 401
+        info = plain.get(f"{root}/api/info", headers={"X-Workbench-Token": token}, timeout=10)
+        assert info.ok and info.json()["roots"] == [str(tmp_path.resolve())]
+        plain.close()
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(20) == 0
+        assert time.monotonic() - started < 5
+        assert token not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()

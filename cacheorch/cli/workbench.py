@@ -36,7 +36,11 @@ def workbench_command(app: App, host: str, port: int, roots: tuple[str, ...],
     if open_browser:
         import webbrowser
         webbrowser.open(server.url)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:  # uvicorn stops gracefully, then passes Ctrl-C on
+        pass
+    click.echo("cacheorch workbench stopped")
 
 
 COMMANDS = [workbench_command]

@@ -15,7 +15,6 @@ import secrets
 import shutil
 import tempfile
 import threading
-import zipfile
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from cacheorch.workbench.jobs import JobManager
 from cacheorch.workbench.paths import Roots
 from cacheorch.workbench.sources import Credentials, OpenSource, describe, open_map, open_source
 from cacheorch.workbench.tiers import command_of, counts, flags_of, grid, plan_of, spec_of
+from cacheorch.workbench.uploads import MAX_UPLOAD, area_of_upload
 
 if TYPE_CHECKING:
     from cacheorch.cli import App
@@ -51,8 +51,6 @@ PRESETS = [
     {"policy": "max-bytes", "label": "Byte budget", "options": ["bytes"]},
     {"policy": "service-limits", "label": "Service limits", "options": []},
 ]
-#: Uploads larger than this are refused (an area file, not a dataset).
-MAX_UPLOAD = 50 * 1024 * 1024
 #: Seconds between two looks at the jobs for the event stream.
 EVENT_PERIOD = 0.25
 
@@ -78,6 +76,15 @@ class Workbench:
         if src is None:
             raise UsageError("unknown source: open it first (POST /api/sources)")
         return src
+
+    def redact(self, text: Any) -> str:
+        """``text`` without any opened source's token or password."""
+        text = str(text)
+        for src in list(self.sources.values()):
+            text = src.connection.redact(text)
+            if src.credentials.password:
+                text = text.replace(src.credentials.password, "***")
+        return text
 
     def close(self) -> None:
         self.jobs.wait()
@@ -210,7 +217,8 @@ def create_app(wb: Workbench) -> Starlette:
             raise UsageError("upload: send the area file as the form field 'file'")
         data = await item.read()
         name = Path(item.filename or "area").name
-        return JSONResponse(await run_in_threadpool(_area_of_upload, wb, src, name, data))
+        return JSONResponse(await run_in_threadpool(area_of_upload, app.plugins, src,
+                                                    wb.uploads, name, data))
 
     async def export(request: Request) -> Response:
         body = await _body(request)
@@ -324,7 +332,7 @@ def create_app(wb: Workbench) -> Starlette:
     ]
 
     async def on_cacheorch_error(request: Request, exc: Exception) -> Response:
-        return _error(400, str(exc))
+        return _error(400, wb.redact(exc))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -332,7 +340,7 @@ def create_app(wb: Workbench) -> Starlette:
 
     async def on_other_error(request: Request, exc: Exception) -> Response:
         log.warning("workbench: %s on %s", type(exc).__name__, request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+        return _error(500, f"internal error: {type(exc).__name__}: {wb.redact(exc)}")
 
     return Starlette(routes=routes, middleware=[Middleware(TokenGate, token=wb.token)],
                      exception_handlers={CacheorchError: on_cacheorch_error,
@@ -356,47 +364,6 @@ class TokenGate:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _area_of_upload(wb: Workbench, src: OpenSource, name: str, data: bytes) -> dict[str, Any]:
-    """Read an uploaded area with the CLI's area generators; return it as GeoJSON in the scheme's SR."""
-    from shapely.geometry import mapping
-
-    from cacheorch.config import AreaSpec
-    from cacheorch.jobplan import resolve_areas
-    folder = Path(tempfile.mkdtemp(dir=wb.uploads))
-    path = folder / name
-    path.write_bytes(data)
-    if name.lower().endswith(".zip"):
-        path = _unzipped(path, folder / "unzipped")
-    lod = src.service.scheme.lods[0]
-    geom, _ = resolve_areas(wb.app.plugins, src.service, [lod], [AreaSpec(None, str(path), name)],
-                            src.connection)[lod.level]
-    if geom.is_empty:
-        raise UsageError(f"{name}: no polygon inside the service's grid")
-    return {"name": name, "geometry": mapping(geom)}
-
-
-def _unzipped(archive: Path, folder: Path) -> Path:
-    """The shapefile (or other area file) inside a zip, extracted safely."""
-    try:
-        with zipfile.ZipFile(archive) as z:
-            members = [m for m in z.infolist() if not m.is_dir()]
-            if sum(m.file_size for m in members) > 4 * MAX_UPLOAD:
-                raise UsageError(f"{archive.name}: too large once unzipped")
-            for m in members:
-                target = (folder / m.filename).resolve()
-                if not target.is_relative_to(folder.resolve()):
-                    raise UsageError(f"{archive.name}: refuses the member {m.filename!r}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(z.read(m))
-    except zipfile.BadZipFile:
-        raise UsageError(f"{archive.name}: not a zip file") from None
-    for suffix in (".shp", ".geojson", ".json", ".gpkg", ".wkt"):
-        found = sorted(folder.rglob(f"*{suffix}"))
-        if found:
-            return found[0]
-    raise UsageError(f"{archive.name}: holds no shapefile, GeoJSON, Esri JSON or GeoPackage")
 
 
 def _resume(wb: Workbench, job_id: int, retry_failed: bool) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class WorkbenchServer:
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, port))
+        self.socket.listen(128)  # connections wait for uvicorn rather than being refused
         self.host, self.port = host, self.socket.getsockname()[1]
         config = uvicorn.Config(create_app(self.workbench), log_level=logging.WARNING,
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=2)
