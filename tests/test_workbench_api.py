@@ -435,3 +435,24 @@ def test_the_command_prints_a_tokened_loopback_url_and_stops_on_ctrl_c(tmp_path)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_the_maps_tiles_are_fetched_in_concurrent_batches(tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    tiles = quadrant_tiles()
+    with TileServer(tiles, service=service_json(), delay=0.2) as slow:
+        server = start_workbench(tmp_path)
+        try:
+            api = Api(server)
+            src = _open(api, slow)
+            keys = [(3, r, c) for r in range(4) for c in range(4)]
+            started = time.monotonic()
+            with ThreadPoolExecutor(16) as pool:
+                got = list(pool.map(lambda k: requests.get(
+                    f"{server.root_url}/api/sources/{src['id']}/tile/{k[0]}/{k[1]}/{k[2]}"
+                    f"?token={server.workbench.token}", timeout=60).content, keys))
+            took = time.monotonic() - started
+        finally:
+            server.stop()
+    assert got == [tiles[k] for k in keys]
+    assert slow.max_concurrent > 1 and took < 16 * 0.2, (slow.max_concurrent, took)

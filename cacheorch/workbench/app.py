@@ -46,10 +46,11 @@ log = logging.getLogger(__name__)
 TOKEN_HEADER = "X-Workbench-Token"
 #: The presets of the scales table: the CLI's level policies, with the options the page asks for.
 PRESETS = [
-    {"policy": "scale-range", "label": "Scale range", "options": ["min_scale", "max_scale"]},
-    {"policy": "max-tiles", "label": "Tile budget", "options": ["tiles"]},
-    {"policy": "max-bytes", "label": "Byte budget", "options": ["bytes"]},
-    {"policy": "service-limits", "label": "Service limits", "options": []},
+    {"policy": "scale-range", "label": "Scale range", "options": ["min_scale", "max_scale"],
+     "example": "min_scale=2000000,max_scale=5000"},
+    {"policy": "max-tiles", "label": "Tile budget", "options": ["tiles"], "example": "100k"},
+    {"policy": "max-bytes", "label": "Byte budget", "options": ["bytes"], "example": "500MB"},
+    {"policy": "service-limits", "label": "Service limits", "options": [], "example": ""},
 ]
 #: Seconds between two looks at the jobs for the event stream.
 EVENT_PERIOD = 0.25

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,9 @@ class OpenSource:
     source: PluginSpec | None = None
     _fetcher: TileFetcher | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Tiles asked for by the map and not fetched yet (see :meth:`tile`).
+    _pending: dict[TileKey, Future[bytes | None]] = field(default_factory=dict, repr=False)
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: Mean tile size per level, sampled once (the size column of the scales table).
     sizes: dict[int, float | None] = field(default_factory=dict, repr=False)
 
@@ -66,13 +70,34 @@ class OpenSource:
         return self._fetcher
 
     def tile(self, plugins: Plugins, level: int, row: int, col: int) -> bytes | None:
-        """One tile's bytes, or None when the source has none there."""
+        """One tile's bytes, or None when the source has none there.
+
+        The map asks for many tiles at once, each in its own request thread; the fetcher is used
+        by one thread at a time, so whichever thread gets it fetches every tile asked for so far
+        in one concurrent batch, and the others find their answer waiting.
+        """
+        key = TileKey(level, row, col)
+        with self._pending_lock:
+            wanted = self._pending.get(key)
+            if wanted is None:
+                wanted = self._pending[key] = Future()
         with self._lock:
-            results = list(self.fetcher(plugins).fetch([TileKey(level, row, col)]))
-        for result in results:
-            if result.status == "ok":
-                return result.data
-        return None
+            if not wanted.done():
+                with self._pending_lock:
+                    batch, self._pending = self._pending, {}
+                try:
+                    for result in self.fetcher(plugins).fetch(list(batch)):
+                        found = batch.get(result.key)
+                        if found is not None and not found.done():
+                            found.set_result(result.data if result.status == "ok" else None)
+                except Exception as exc:
+                    for future in batch.values():
+                        if not future.done():
+                            future.set_exception(exc)
+                for future in batch.values():
+                    if not future.done():
+                        future.set_result(None)
+        return wanted.result()
 
     def mean_size(self, plugins: Plugins, level: int, area: Any) -> float | None:
         """The mean size of a few tiles of ``level`` in ``area`` (sampled once per level)."""

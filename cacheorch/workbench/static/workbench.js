@@ -554,9 +554,15 @@
         var o = document.createElement("option"); o.textContent = name; o.selected = name === "tpkx"; return o;
       }));
       $("preset").replaceChildren.apply($("preset"), info.presets.map(function (p) {
-        var o = document.createElement("option"); o.value = p.policy;
+        var o = document.createElement("option"); o.value = p.policy; o.dataset.example = p.example;
         o.textContent = p.label + (p.options.length ? " (" + p.options.join(", ") + ")" : ""); return o;
       }));
+      var example = function () {
+        var chosen = $("preset").selectedOptions[0];
+        $("preset-value").placeholder = chosen && chosen.dataset.example ? "e.g. " + chosen.dataset.example : "no value";
+      };
+      $("preset").addEventListener("change", example);
+      example();
       status("catalog " + info.catalog);
     }).catch(showError);
     refreshJobs();
