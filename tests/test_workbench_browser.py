@@ -235,6 +235,11 @@ def test_jobs_from_the_cli_appear_and_an_area_file_can_be_uploaded(page, wb, ser
     row = page.wait_for_selector('#jobs tr[data-status="completed"]')
     assert "from-cli.tpkx" in row.inner_text()
     shots.take(page, "jobs", "#jobs")
+    job_id = row.get_attribute("data-job-id")
+    page.click(f"#show-{job_id}")  # found again: its summary, and verify from the page
+    page.click(f"#verify-{job_id}")
+    page.wait_for_function("document.getElementById('job-check').dataset.ok === 'true'")
+    assert "5 tiles written" in page.inner_text("#summary")
     # an area file for tier 1: the top-left quadrant in longitude/latitude
     area = tmp_path / "nw.geojson"
     area.write_text('{"type": "Polygon", "coordinates": [[[-170, 10], [-10, 10], [-10, 80], '
@@ -244,6 +249,17 @@ def test_jobs_from_the_cli_appear_and_an_area_file_can_be_uploaded(page, wb, ser
     page.wait_for_function("document.querySelector('#tiers li[data-tier=\"0\"] .area-kind')"
                            ".textContent.includes('nw.geojson')")
     page.wait_for_function("document.getElementById('totals').dataset.tiles === '16'")
+    # a buffer of one tile grows the area; the grid shows the tier's tiles at a level
+    page.fill("#buffer", "1tiles")
+    page.press("#buffer", "Tab")
+    page.wait_for_function("document.getElementById('totals').dataset.tiles === '25'")
+    page.fill("#grid-level", "3")
+    before = shots.take(page, "no-grid", "#map")
+    page.click("#show-grid")
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('25 tiles')")
+    after = shots.take(page, "grid", "#map")
+    dark = colour_mask(after, (20, 20, 20), 60) & ~colour_mask(before, (20, 20, 20), 60)
+    assert dark.sum() > 500, "the grid is not drawn"
 
 
 def test_the_page_without_the_token_says_so(page, wb) -> None:

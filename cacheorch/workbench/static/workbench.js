@@ -484,6 +484,15 @@
     }).catch(showError);
   }
 
+  function showJob(jobId) {
+    showError(null);
+    api("GET", "/api/jobs/" + jobId).then(function (job) {
+      $("export-section").hidden = false;
+      showSummary(job);
+      $("summary").scrollIntoView();
+    }).catch(showError);
+  }
+
   function refreshJobs() {
     return api("GET", "/api/jobs").then(function (r) {
       var body = $("jobs").tBodies[0];
@@ -497,8 +506,9 @@
         tr.insertCell().textContent = fmtInt(job.tiles_written) + " / " + fmtInt(job.tiles_planned);
         tr.insertCell().textContent = job.output || "";
         var actions = tr.insertCell();
+        actions.append(button("Open", "show-" + job.id, function () { showJob(job.id); }));
         if (job.status === "interrupted" || job.status === "failed" || job.status === "partial") {
-          actions.append(button("Resume", "resume-" + job.id, function () { resume(job.id); }));
+          actions.append(" ", button("Resume", "resume-" + job.id, function () { resume(job.id); }));
         }
       });
     }).catch(showError);
