@@ -96,6 +96,9 @@ def test_no_service_token_or_password_in_answers_catalog_or_logs(api, service, t
     bad = api.post("/api/sources", {"location": service.url, "username": "u", "password": password})
     assert password not in bad.text
     assert secret not in caplog.text and password not in caplog.text
+    from cacheorch.workbench.sources import Credentials
+    assert secret not in repr(Credentials(token=secret, username="u", password=password))
+    assert password not in repr(Credentials(token=secret, username="u", password=password))
 
 
 def test_paths_outside_the_roots_or_unwritable_are_refused(api, service, tmp_path) -> None:

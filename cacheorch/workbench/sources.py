@@ -31,9 +31,9 @@ MAP_WORKERS = 4
 class Credentials:
     """What the user typed to reach a service; kept in memory only, never sent back or stored."""
 
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     referer: str | None = None
 
     def connection(self, **options: Any) -> Connection:
