@@ -175,6 +175,11 @@ def test_counts_and_copy_as_command_agree_with_the_cli(api, service, tmp_path, c
     counts = api.ok("POST", "/api/plan", selection | {"estimate": True})
     by_level = {lv["level"]: lv["tiles"] for lv in counts["levels"]}
     assert by_level[0] == 1 and by_level[1] == 4
+    import shapely.geometry
+    [grown] = counts["buffered"]  # the buffered tier's area, for the map
+    assert grown["tier"] == 1 and grown["level"] == 2
+    drawn, area = shapely.geometry.shape(RED_BOX), shapely.geometry.shape(grown["geometry"])
+    assert area.contains(drawn) and area.area > 3 * drawn.area  # grown by a level-2 tile
     command = api.ok("POST", "/api/command", selection)
     args = shlex.split(command["command"])
     assert args[:2] == ["cacheorch", "run"] and "--token" not in args

@@ -123,7 +123,24 @@ def counts(app: App, selection: dict[str, Any], source: OpenSource, *,
             row["bytes"] = None if size is None else round(size * lv.tiles)
         levels.append(row)
     return {"levels": levels, "tiles": plan.tiles, "planner_ms": round(elapsed, 1),
-            "policies": list(plan.policy_notes)}
+            "policies": list(plan.policy_notes), "buffered": _buffered(plan, selection, source)}
+
+
+def _buffered(plan: JobPlan, selection: dict[str, Any], source: OpenSource) -> list[dict[str, Any]]:
+    """The buffered tiers' areas as the planner built them (at the tier's first level), for the map."""
+    from shapely.geometry import mapping
+    by_label = {}
+    for lv in plan.levels:
+        by_label.setdefault(lv.area_label, lv)
+    out = []
+    for i, tier in enumerate(selection.get("tiers") or ()):
+        if not str(tier.get("buffer") or "").strip():
+            continue
+        lv = by_label.get(_area_spec(tier, source, f"tier {i + 1}"))
+        if lv is not None and not lv.area.is_empty:
+            out.append({"tier": i, "level": lv.lod.level,
+                        "geometry": mapping(lv.area.simplify(lv.lod.resolution))})
+    return out
 
 
 def grid(app: App, selection: dict[str, Any], source: OpenSource, level: int) -> dict[str, Any]:

@@ -21,7 +21,8 @@
     lastJob: null,
     jobs: [],
   };
-  var map = null, tileLayer = null, areaSource = null, gridSource = null, draw = null;
+  var map = null, tileLayer = null, areaSource = null, gridSource = null, bufferSource = null;
+  var draw = null;
   var geojson = new ol.GeoJSON();
 
   // -- API ---------------------------------------------------------------------------------------
@@ -200,6 +201,13 @@
 
   function fillCounts(r, sized) {
     var bytes = 0, known = sized;
+    if (bufferSource && !sized) {  // the buffered areas, as the planner grew them
+      bufferSource.clear();
+      r.buffered.forEach(function (b) {
+        bufferSource.addFeature(new ol.Feature({ geometry: geojson.readGeometry(b.geometry),
+                                                 tier: b.tier, kind: "buffer" }));
+      });
+    }
     r.levels.forEach(function (lv) {
       var tr = document.querySelector('#scales tr[data-level="' + lv.level + '"]');
       if (!tr) { return; }
@@ -251,6 +259,7 @@
     tileLayer = new ol.TileLayer({ source: tileSource });
     areaSource = new ol.VectorSource();
     gridSource = new ol.VectorSource();
+    bufferSource = new ol.VectorSource();
     var view = new ol.View({ projection: projection, resolutions: resolutions, constrainResolution: true });
     if (map) { map.setTarget(null); }
     $("map").replaceChildren();
@@ -259,6 +268,7 @@
       layers: [tileLayer,
                new ol.VectorLayer({ source: gridSource, style: new ol.Style({
                  stroke: new ol.Stroke({ color: "rgba(20,20,20,0.8)", width: 1 }) }) }),
+               new ol.VectorLayer({ source: bufferSource, style: areaStyle }),
                new ol.VectorLayer({ source: areaSource, style: areaStyle })],
       controls: ol.defaultControls({ attribution: false }).extend([new ol.ScaleLine()]),
     });
@@ -273,6 +283,9 @@
 
   function areaStyle(feature) {
     var colour = COLOURS[feature.get("tier") % COLOURS.length];
+    if (feature.get("kind") === "buffer") {
+      return new ol.Style({ stroke: new ol.Stroke({ color: colour, width: 2, lineDash: [3, 4] }) });
+    }
     var extentOnly = feature.get("kind") === "extent";
     return new ol.Style({
       stroke: new ol.Stroke({ color: colour, width: extentOnly ? 2 : 4,
