@@ -227,6 +227,13 @@ def test_jobs_from_the_cli_appear_and_an_area_file_can_be_uploaded(page, wb, ser
                                                                   ) -> None:
     shots = Shots(tmp_path, "list")
     open_service(page, wb, service)
+    page.select_option("#preset", "max-tiles")  # a preset ticks the levels its policy keeps
+    page.fill("#preset-value", "30")
+    page.click("#apply-preset")
+    page.wait_for_function("document.getElementById('totals').dataset.tiles === '21'")
+    assert [page.is_checked(f'input.tick[data-level="{n}"]') for n in range(6)] == \
+        [True, True, True, False, False, False]
+    page.click("#clear-levels")
     # another process, as a user at a terminal (same catalog: $CACHEORCH_CATALOG)
     result = subprocess.run([sys.executable, "-m", "cacheorch", "run", "--service", service.url,
                              "--levels", "0-1", "--output", str(tmp_path / "from-cli.tpkx")],

@@ -175,23 +175,21 @@ def create_app(wb: Workbench) -> Starlette:
                                                     estimate=bool(body.get("estimate"))))
 
     async def select(request: Request) -> Response:
-        """A preset: the levels a policy keeps (the page ticks them)."""
-        from cacheorch.jobplan import PlanContext, _Areas, decide_levels
+        """A preset: the levels a policy keeps (the page ticks them), planned like ``plan``."""
+        from dataclasses import replace
+
         from cacheorch.jobspec import PluginSpec
         body = await _body(request)
         src = wb.source(body.get("source"))
         policy = PluginSpec.parse(str(body.get("policy") or ""), "preset")
-        spec = spec_of(app, body | {"levels": body.get("levels") or
-                                    [lv["level"] for lv in describe(src)["levels"]]}, src)
+        every = [lod.level for lod in src.service.scheme.lods]
+        spec = spec_of(app, body | {"levels": body.get("levels") or every}, src)
+        spec = replace(spec, policies=(*spec.policies, policy))
 
         def decide() -> dict[str, Any]:
-            areas = _Areas(app.plugins, src.service, spec.areas, src.connection)
-            context = PlanContext(app.plugins, src.service, areas, src.connection)
-            try:
-                levels, notes, _ = decide_levels(app.plugins, src.service, [policy], context)
-            finally:
-                context.close()
-            return {"levels": [lod.level for lod in levels], "notes": notes}
+            plan = plan_of(app, spec, src, fetching=False)
+            return {"levels": [lv.lod.level for lv in plan.levels],
+                    "notes": list(plan.policy_notes[1:])}  # the first is the ticked levels'
         return JSONResponse(await run_in_threadpool(decide))
 
     async def grid_post(request: Request) -> Response:
