@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
 from _gdal import solid_png
@@ -15,7 +16,7 @@ from cacheorch.cli import App
 from cacheorch.workbench.app import TOKEN_HEADER
 from cacheorch.workbench.server import WorkbenchServer
 
-__all__ = ["Api", "start_workbench", "quadrant_tiles", "QUADRANTS", "MAX_LEVEL", "service", "wb"]
+__all__ = ["Api", "start_workbench", "quadrant_tiles", "QUADRANTS", "MAX_LEVEL", "service", "wb", "country"]
 
 MAX_LEVEL = 5
 #: The world's quadrants, each a solid colour at every level (none of them a tier's colour).
@@ -92,3 +93,16 @@ class Api:
                 return job
             assert time.monotonic() < deadline, f"job {job_id} still {job['status']}"
             time.sleep(0.1)
+
+
+def country(vertices: int = 2000):
+    """A wobbly country of about 550,000 km² around France, in Web Mercator (GeoJSON)."""
+    import math
+
+    from pyproj import Transformer
+    t = np.linspace(0, 2 * math.pi, vertices, endpoint=False)
+    wobble = 1 + 0.12 * np.sin(7 * t) + 0.05 * np.sin(23 * t + 1) + 0.02 * np.sin(97 * t + 2)
+    lon, lat = 2.5 + 5.6 * wobble * np.cos(t), 46.6 + 3.9 * wobble * np.sin(t)
+    x, y = Transformer.from_crs(4326, 3857, always_xy=True).transform(lon, lat)
+    ring = [[float(a), float(b)] for a, b in zip(x, y)]
+    return {"type": "Polygon", "coordinates": [ring + [ring[0]]]}

@@ -19,7 +19,7 @@ import requests
 from _gdal import open_gdal, tile_centre_rgba
 from _tileserver import TileServer
 from _workbench import (  # noqa: F401 - fixtures
-    QUADRANTS, Api, quadrant_tiles, service, service_json, start_workbench, wb,
+    QUADRANTS, Api, country, quadrant_tiles, service, service_json, start_workbench, wb,
 )
 
 from cacheorch.tiling import web_mercator_scheme
@@ -364,19 +364,6 @@ def test_a_job_run_from_the_cli_is_listed(api, service, tmp_path, cli) -> None:
 
 
 # -- the planner's speed -------------------------------------------------------------------------
-
-def country(vertices: int = 2000):
-    """A wobbly country of about 550,000 km² around France, in Web Mercator (GeoJSON)."""
-    import math
-
-    from pyproj import Transformer
-    t = np.linspace(0, 2 * math.pi, vertices, endpoint=False)
-    wobble = 1 + 0.12 * np.sin(7 * t) + 0.05 * np.sin(23 * t + 1) + 0.02 * np.sin(97 * t + 2)
-    lon, lat = 2.5 + 5.6 * wobble * np.cos(t), 46.6 + 3.9 * wobble * np.sin(t)
-    x, y = Transformer.from_crs(4326, 3857, always_xy=True).transform(lon, lat)
-    ring = [[float(a), float(b)] for a, b in zip(x, y)]
-    return {"type": "Polygon", "coordinates": [ring + [ring[0]]]}
-
 
 def test_a_count_update_for_a_country_at_level_18_takes_under_200_ms(tmp_path) -> None:
     from _tiles import mercator_service_json

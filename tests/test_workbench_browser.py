@@ -20,7 +20,7 @@ from _chromium import need_chromium
 from _gdal import decode_rgba, open_gdal, tile_centre_rgba
 from _tileserver import TileServer
 from _workbench import (  # noqa: F401 - fixtures
-    QUADRANTS, Api, quadrant_tiles, service, service_json, start_workbench, wb,
+    QUADRANTS, Api, country, quadrant_tiles, service, service_json, start_workbench, wb,
 )
 
 from cacheorch.tiling import web_mercator_scheme
@@ -273,3 +273,45 @@ def test_jobs_from_the_cli_appear_and_an_area_file_can_be_uploaded(page, wb, ser
 def test_the_page_without_the_token_says_so(page, wb) -> None:
     page.goto(wb.root_url + "/")
     page.wait_for_function("document.getElementById('error').textContent.includes('session token')")
+
+
+def test_ticking_level_18_over_a_country_updates_the_table_quickly(page, tmp_path) -> None:
+    """From the click on a tick box to the new count on screen (debounce, request, planner, DOM)."""
+    import json
+    import statistics
+
+    from _tiles import mercator_service_json
+    from pyproj import Transformer
+    back = Transformer.from_crs(3857, 4326, always_xy=True)
+    ring = [list(back.transform(x, y)) for x, y in country()["coordinates"][0]]
+    area = tmp_path / "country.geojson"
+    area.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    with TileServer({}, service=mercator_service_json(18)) as srv:
+        server = start_workbench(tmp_path)
+        try:
+            page.goto(server.url)  # (no tiles to wait for: the service has none)
+            page.fill("#location", srv.url)
+            page.click("#open")
+            page.wait_for_selector('#scales input.tick[data-level="18"]')
+            page.set_input_files("#upload", str(area))
+            page.wait_for_function("document.querySelector('#tiers li[data-tier=\"0\"] .area-kind')"
+                                   ".textContent.includes('country')")
+            timings = []
+            for _ in range(5):
+                for level in (17, 18):
+                    took = page.evaluate("""level => new Promise(resolve => {
+                        const cell = document.querySelector(`#scales tr[data-level="${level}"] td.tiles`);
+                        const start = performance.now();
+                        const seen = new MutationObserver(() => {
+                          if (cell.textContent) { seen.disconnect(); resolve(performance.now() - start); }
+                        });
+                        seen.observe(cell, {childList: true, characterData: true, subtree: true});
+                        document.querySelector(`input.tick[data-level="${level}"]`).click();
+                    })""", level)
+                    timings.append(took)
+                page.click("#clear-levels")
+        finally:
+            server.stop()
+    print(f"\ntick → count on screen, country at level 17/18: median {statistics.median(timings):.0f} ms "
+          f"(max {max(timings):.0f} ms, 50 ms of it the page's debounce)")
+    assert statistics.median(timings) < 200, timings

@@ -182,7 +182,7 @@
   var countTimer = null, countSeq = 0;
   function scheduleCounts() {
     clearTimeout(countTimer);
-    countTimer = setTimeout(updateCounts, 120);
+    countTimer = setTimeout(updateCounts, 50);
   }
 
   function updateCounts() {
