@@ -268,6 +268,18 @@ def test_jobs_from_the_cli_appear_and_an_area_file_can_be_uploaded(page, wb, ser
     after = shots.take(page, "grid", "#map")
     dark = colour_mask(after, (20, 20, 20), 60) & ~colour_mask(before, (20, 20, 20), 60)
     assert dark.sum() > 500, "the grid is not drawn"
+    # edit the area: drag its corner at (-10°, 10°), just up-left of the map's centre (level 1:
+    # 78,271 m a pixel, so 14 px each way), into the blue quadrant
+    _, _, rx1, ry1 = box_of(colour_mask(before, QUADRANTS[(0, 0)], 6))
+    box = page.locator("#map").bounding_box()
+    corner = (box["x"] + rx1 + 1 - 14.2, box["y"] + ry1 + 1 - 14.3)
+    page.mouse.move(*corner)
+    page.mouse.down()
+    page.mouse.move(corner[0] + 60, corner[1] + 60, steps=5)
+    page.mouse.move(corner[0] + 120, corner[1] + 120, steps=5)
+    page.mouse.up()
+    page.wait_for_function("Number(document.getElementById('totals').dataset.tiles) > 25")
+    shots.take(page, "edited", "#map")
 
 
 def test_the_page_without_the_token_says_so(page, wb) -> None:

@@ -22,7 +22,7 @@
     jobs: [],
   };
   var map = null, tileLayer = null, areaSource = null, gridSource = null, bufferSource = null;
-  var draw = null;
+  var extentSource = null, draw = null, modify = null;
   var geojson = new ol.GeoJSON();
 
   // -- API ---------------------------------------------------------------------------------------
@@ -260,6 +260,7 @@
     areaSource = new ol.VectorSource();
     gridSource = new ol.VectorSource();
     bufferSource = new ol.VectorSource();
+    extentSource = new ol.VectorSource();
     var view = new ol.View({ projection: projection, resolutions: resolutions, constrainResolution: true });
     if (map) { map.setTarget(null); }
     $("map").replaceChildren();
@@ -269,9 +270,22 @@
                new ol.VectorLayer({ source: gridSource, style: new ol.Style({
                  stroke: new ol.Stroke({ color: "rgba(20,20,20,0.8)", width: 1 }) }) }),
                new ol.VectorLayer({ source: bufferSource, style: areaStyle }),
+               new ol.VectorLayer({ source: extentSource, style: areaStyle }),
                new ol.VectorLayer({ source: areaSource, style: areaStyle })],
       controls: ol.defaultControls({ attribution: false }).extend([new ol.ScaleLine()]),
     });
+    modify = new ol.Modify({ source: areaSource });  // drag a drawn area's vertices to edit it
+    modify.on("modifyend", function (e) {
+      e.features.forEach(function (feature) {
+        var tier = state.tiers[feature.get("tier")];
+        if (tier && tier.area.kind === "geojson") {
+          tier.area = Object.assign({}, tier.area,
+                                    { geometry: geojson.writeGeometryObject(feature.getGeometry()) });
+        }
+      });
+      scheduleCounts();
+    });
+    map.addInteraction(modify);
     if (extent) { view.fit(extent, { size: map.getSize() || [800, 600] }); }
     else { view.setCenter(svc.origin); view.setResolution(resolutions[0]); }
     map.on("pointermove", function (e) {
@@ -297,15 +311,14 @@
   function drawAreas() {
     if (!areaSource) { return; }
     areaSource.clear();
+    extentSource.clear();
     state.tiers.forEach(function (t, i) {
-      var geometry = null;
       if (t.area.kind === "geojson") {
-        geometry = geojson.readGeometry(t.area.geometry);
+        areaSource.addFeature(new ol.Feature({ geometry: geojson.readGeometry(t.area.geometry),
+                                               tier: i, kind: t.area.kind }));
       } else if (state.service.extent) {
-        geometry = ol.polygonFromExtent(state.service.extent);
-      }
-      if (geometry) {
-        areaSource.addFeature(new ol.Feature({ geometry: geometry, tier: i, kind: t.area.kind }));
+        extentSource.addFeature(new ol.Feature({ geometry: ol.polygonFromExtent(state.service.extent),
+                                                 tier: i, kind: t.area.kind }));
       }
     });
   }
@@ -359,6 +372,7 @@
   function startDraw(kind) {
     if (!map) { return; }
     if (draw) { map.removeInteraction(draw); draw = null; }
+    modify.setActive(false);
     $("draw-polygon").classList.toggle("active", kind === "Polygon");
     $("draw-box").classList.toggle("active", kind === "Box");
     var options = { type: kind === "Box" ? "Circle" : "Polygon" };
@@ -368,7 +382,7 @@
       var geometry = geojson.writeGeometryObject(e.feature.getGeometry());
       setArea({ kind: "geojson", geometry: geometry, name: kind === "Box" ? "rectangle" : "polygon" });
       setTimeout(function () {
-        map.removeInteraction(draw); draw = null;
+        map.removeInteraction(draw); draw = null; modify.setActive(true);
         $("draw-polygon").classList.remove("active"); $("draw-box").classList.remove("active");
       }, 0);
     });

@@ -14,3 +14,4 @@ export { default as Polygon, fromExtent as polygonFromExtent } from "ol/geom/Pol
 export { Style, Stroke, Fill } from "ol/style.js";
 export { defaults as defaultControls } from "ol/control/defaults.js";
 export { default as ScaleLine } from "ol/control/ScaleLine.js";
+export { default as Modify } from "ol/interaction/Modify.js";
