@@ -27,6 +27,10 @@ def test_wheel_has_one_top_level_package(tmp_path: Path) -> None:
     for path in sorted((ROOT / "migrations").rglob("*.py")):
         assert f"cacheorch/migrations/{path.relative_to(ROOT / 'migrations').as_posix()}" in names
     assert "cacheorch/migrations/script.py.mako" in names
+    for asset in ("index.html", "workbench.js", "workbench.css", "vendor/ol-workbench.js",
+                  "vendor/ol.css", "vendor/LICENSE-ol.md"):  # the workbench runs from the wheel
+        assert f"cacheorch/workbench/static/{asset}" in names
+    assert not any("vendor-build" in n or "node_modules" in n for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "cacheorch = cacheorch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -105,6 +105,8 @@ def build_cli(plugins_factory: Any = None) -> click.Group:
     from cacheorch.cli import verify
     for command in verify.COMMANDS:
         cli.add_command(command)
+    from cacheorch.cli import workbench
+    cli.add_command(*workbench.COMMANDS)
     return cli
 
 

@@ -304,16 +304,29 @@ def resume_command(app: App, job_id: int, token: str | None, as_json: bool,
         params = catalog.job_parameters(job_id)
         events = catalog.events(job_id)
     check_resumable(job, events)
-    spec = _pinned(JobSpec.from_parameters(params), job)
+    spec = resume_spec(job, params)
     connection = Connection.from_env(token=token, referer=spec.referer,
                                      network=network_settings(app), **spec.connection_options())
-    plan = make_plan(app.plugins, spec, connection)
+    plan = resume_plan(app, job, params, spec, connection)
+    _execute(app, plan, connection, as_json, job_id=job_id, retry_failed=retry_failed)
+
+
+def resume_spec(job: dict[str, Any], params: dict[str, Any]) -> JobSpec:
+    """The spec a recorded job resumes with (its levels pinned)."""
+    return _pinned(JobSpec.from_parameters(params), job)
+
+
+def resume_plan(app: App, job: dict[str, Any], params: dict[str, Any], spec: JobSpec,
+                connection: Connection, service: Any = None) -> JobPlan:
+    """The plan of a resume; refused when the service's tiling scheme changed since the job began
+    (also used by the workbench)."""
+    plan = make_plan(app.plugins, spec, connection, service)
     fingerprint = params.get("fingerprint")
     if fingerprint and fingerprint != plan.service.scheme.fingerprint():
         from cacheorch.errors import UsageError
-        raise UsageError(f"the tiling scheme of {plan.service.location} changed since job {job_id} "
-                         "started; start a new job instead")
-    _execute(app, plan, connection, as_json, job_id=job_id, retry_failed=retry_failed)
+        raise UsageError(f"the tiling scheme of {plan.service.location} changed since job "
+                         f"{job['id']} started; start a new job instead")
+    return plan
 
 
 @click.command("jobs")
