@@ -1,0 +1,199 @@
+"""Reading a vector tile output back: a .vtpk (in place, through bundle indexes) or a vector MBTiles.
+
+One small interface for ``verify`` and ``serve``: the service JSON, tiles by (level, row, col) in
+their stored (gzip) form, every tile in turn, and resources (style, sprites, glyphs) by their
+path below ``resources/``. MBTiles has no resources; its tiles are addressed back from TMS rows.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from cacheorch.errors import FormatError
+from cacheorch.formats.bundle import BundleReader, bundle_name, level_folder, parse_bundle_name
+from cacheorch.formats.mbtiles import tms_row
+from cacheorch.formats.sqlitetiles import connect_readonly, is_sqlite
+from cacheorch.formats.tpk import TilePackage
+from cacheorch.tiling import BUNDLE_SIZE
+from cacheorch.vector.package import ROOT
+from cacheorch.vector.service import VectorService, standard_vector_json, vector_service_from_json
+
+__all__ = ["VectorOutput", "VtpkReader", "VectorMBTilesReader", "open_vector", "is_vector_output"]
+
+Key = tuple[int, int, int]
+
+
+class VectorOutput:
+    """What ``verify`` and ``serve`` read from a vector output."""
+
+    path: Path
+    #: The service JSON (a vtpk's ``p12/root.json``; made up from the metadata for MBTiles).
+    root: dict[str, Any]
+    service: VectorService
+
+    def tile(self, level: int, row: int, col: int) -> bytes | None:
+        raise NotImplementedError
+
+    def tiles(self) -> Iterator[tuple[Key, bytes]]:
+        raise NotImplementedError
+
+    def resource(self, rel: str) -> bytes | None:
+        """A file below ``resources/`` (``styles/root.json``, ``sprites/sprite.png``...)."""
+        return None
+
+    def resources(self) -> list[str]:
+        return []
+
+    def index(self) -> dict[str, Any] | None:
+        """The tile index JSON, when the output has one."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class VtpkReader(VectorOutput):
+    """A .vtpk read in place: bundles through their STORED spans, metadata as members."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.package = TilePackage(path)
+        if not self.package.is_vector_package():
+            self.package.close()
+            raise FormatError(f"{path}: not a vector tile package (no p12/root.json)")
+        self.root = _json(self.package.read(f"{ROOT}/root.json"), f"{path}!{ROOT}/root.json")
+        self.service = vector_service_from_json(str(path), self.root)
+        self._readers: dict[str, BundleReader | None] = {}
+        self._lock = threading.Lock()
+
+    def bundle_members(self) -> list[tuple[int, int, int, str]]:
+        """(level, bundle_row, bundle_col, member name) of every bundle in ``p12/tile``."""
+        out = []
+        for rel, info in self.package.files_under(f"{ROOT}/tile"):
+            parts = rel.split("/")
+            parsed = parse_bundle_name(parts[-1]) if len(parts) == 2 else None
+            if parsed and parts[0][:1] in "Ll" and parts[0][1:].isdigit():
+                out.append((int(parts[0][1:]), parsed[0], parsed[1], info.filename))
+        return sorted(out)
+
+    def reader(self, member: str) -> BundleReader:
+        """A reader of one bundle member (FormatError when it is compressed or broken)."""
+        info = self.package.info(member)
+        if info is None:
+            raise FormatError(f"{self.path}: no {member}")
+        span = self.package.span(info, allow_compressed=False)
+        return BundleReader(span.path, base=span.base, length=span.length,
+                            bundle_row=parse_bundle_name(member.rsplit("/", 1)[-1])[0],  # type: ignore[index]
+                            bundle_col=parse_bundle_name(member.rsplit("/", 1)[-1])[1])  # type: ignore[index]
+
+    def tile(self, level: int, row: int, col: int) -> bytes | None:
+        top, left = row - row % BUNDLE_SIZE, col - col % BUNDLE_SIZE
+        member = f"{ROOT}/tile/{level_folder(level)}/{bundle_name(top, left)}"
+        with self._lock:
+            if member not in self._readers:
+                self._readers[member] = self.reader(member) if self.package.info(member) else None
+            reader = self._readers[member]
+        return reader.get(row, col) if reader is not None else None
+
+    def tiles(self) -> Iterator[tuple[Key, bytes]]:
+        for level, _, _, member in self.bundle_members():
+            reader = self.reader(member)
+            try:
+                for row, col, data in reader.tiles():
+                    yield (level, row, col), data
+            finally:
+                reader.close()
+
+    def resource(self, rel: str) -> bytes | None:
+        name = f"{ROOT}/resources/{rel}"
+        return self.package.read(name) if self.package.info(name) else None
+
+    def resources(self) -> list[str]:
+        return sorted(rel for rel, _ in self.package.files_under(f"{ROOT}/resources"))
+
+    def index(self) -> dict[str, Any] | None:
+        name = f"{ROOT}/{self.root.get('tileMap') or 'tilemap'}/root.json"
+        if self.package.info(name) is None:
+            return None
+        return _json(self.package.read(name), f"{self.path}!{name}")
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            if reader is not None:
+                reader.close()
+        self.package.close()
+
+
+class VectorMBTilesReader(VectorOutput):
+    """A ``format=pbf`` MBTiles: the 512-px Web Mercator grid, zoom = level."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = connect_readonly(path)
+        self._lock = threading.Lock()
+        meta = dict(self.conn.execute("SELECT name, value FROM metadata"))
+        self.metadata = meta
+        zooms = [z for (z,) in self.conn.execute("SELECT DISTINCT zoom_level FROM tiles")]
+        maxzoom = int(meta.get("maxzoom") or max(zooms, default=0))
+        minzoom = int(meta.get("minzoom") or min(zooms, default=0))
+        self.root = standard_vector_json(meta.get("name") or path.stem, minzoom, maxzoom)
+        self.service = vector_service_from_json(str(path), self.root)
+
+    def tile(self, level: int, row: int, col: int) -> bytes | None:
+        with self._lock:
+            found = self.conn.execute(
+                "SELECT tile_data FROM tiles WHERE zoom_level = ? AND tile_column = ? AND "
+                "tile_row = ?", (level, col, tms_row(level, row))).fetchone()
+        return bytes(found[0]) if found else None
+
+    def tiles(self) -> Iterator[tuple[Key, bytes]]:
+        cur = self.conn.execute("SELECT zoom_level, tile_column, tile_row, tile_data FROM tiles "
+                                "ORDER BY zoom_level, tile_row DESC, tile_column")
+        for zoom, col, row, data in cur:
+            yield (zoom, tms_row(zoom, row), col), bytes(data)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _json(raw: bytes, where: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise FormatError(f"{where}: not JSON") from None
+
+
+def is_vector_output(path: str | Path) -> bool:
+    """Whether ``path`` is a .vtpk or an MBTiles of ``pbf`` tiles."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    if is_sqlite(p):
+        try:
+            with closing(connect_readonly(p)) as conn:
+                row = conn.execute("SELECT value FROM metadata WHERE name = 'format'").fetchone()
+        except (sqlite3.Error, FormatError):
+            return False
+        return bool(row) and str(row[0]).lower() == "pbf"
+    try:
+        package = TilePackage(p)
+    except FormatError:
+        return False
+    try:
+        return package.is_vector_package()
+    finally:
+        package.close()
+
+
+def open_vector(path: str | Path) -> VectorOutput:
+    """Open a .vtpk or vector MBTiles; FormatError naming what is wrong."""
+    p = Path(path)
+    if not p.is_file():
+        raise FormatError(f"{p}: no such file")
+    return VectorMBTilesReader(p) if is_sqlite(p) else VtpkReader(p)
+

@@ -1,0 +1,210 @@
+"""Vector tile layers end to end: a loopback VectorTileServer → vtpk / vector MBTiles, read back by GDAL.
+
+The server's tiles are encoded by mapbox-vector-tile and carry their own address, so a tile
+written under the wrong row or column, dropped or re-encoded shows up when GDAL's MVT driver
+decodes it from the package; the style's sprites and glyph ranges must be inside.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import pyogrio
+import pytest
+
+from _vectorserver import DEFAULT_TILES, FONT, RANGES, VectorTileServer
+from cacheorch.formats.bundle import BundleReader, parse_bundle_name
+from cacheorch.vector import is_vector_tile_layer, vector_tile_service_url
+
+LEVELS = "0-3"
+
+
+def gdal_features(data: bytes) -> dict[str, list[str]]:
+    """Layer → the ``tile`` attribute of each feature, as GDAL's MVT driver decodes the tile."""
+    raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    out = {}
+    for name, _ in pyogrio.list_layers(io.BytesIO(raw)):
+        table = pyogrio.raw.read(io.BytesIO(raw), layer=name, columns=["tile"])
+        out[str(name)] = [str(v) for v in table[3][0]]
+    return out
+
+
+def vtpk_tiles(path: Path) -> dict[tuple[int, int, int], bytes]:
+    """Every tile of a vtpk, read through each bundle's index (our reader of Compact V2)."""
+    out = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.filename.endswith(".bundle"):
+                level = int(info.filename.split("/")[-2][1:])
+                brow, bcol = parse_bundle_name(info.filename.rsplit("/", 1)[1])
+                reader = BundleReader(io.BytesIO(zf.read(info)), bundle_row=brow, bundle_col=bcol)
+                for row, col, data in reader.tiles():
+                    out[(level, row, col)] = data
+    return out
+
+
+@pytest.fixture
+def server():
+    with VectorTileServer() as srv:
+        yield srv
+
+
+def test_scales_reads_the_vector_scheme(cli, server):
+    result = cli("scales", server.url, "--json")
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    text = json.dumps(data)
+    assert "VectorTileServer" in text and "512" in text
+    plan = cli("plan", "--service", server.url, "--levels", LEVELS, "--exporter", "vtpk", "--json")
+    assert plan.code == 0, plan.stderr
+    levels = json.loads(plan.stdout)["levels"]
+    assert [lv["level"] for lv in levels] == [0, 1, 2, 3]
+    assert levels[1]["resolution"] == pytest.approx(39135.758482)  # raster level 2's
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "http", "raw"])
+def test_vtpk_holds_every_tile_as_served_with_style_sprites_glyphs(cli, server, tmp_path, encoding):
+    server.encoding = encoding
+    out = tmp_path / "streets.vtpk"
+    result = cli("run", "--service", server.url, "--levels", LEVELS, "--exporter", "vtpk",
+                 "--output", str(out))
+    assert result.code == 0, result.stderr + result.stdout
+    # the tilemap drove the fetch: only the tiles that exist were asked for
+    assert server.tile_requests() == len(DEFAULT_TILES)
+    tiles = vtpk_tiles(out)
+    assert set(tiles) == set(DEFAULT_TILES)
+    for key, data in tiles.items():
+        assert data[:2] == b"\x1f\x8b", key  # bundles hold gzip
+        assert gzip.decompress(data) == server.served(key), key
+        features = gdal_features(data)
+        assert set(features) == {"water", "roads", "places"}, key
+        assert all(v == "/".join(map(str, key)) for vals in features.values() for v in vals), key
+    with zipfile.ZipFile(out) as zf:
+        names = set(zf.namelist())
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        style = json.loads(zf.read("p12/resources/styles/root.json"))
+        index = json.loads(zf.read("p12/tilemap/root.json"))
+        root = json.loads(zf.read("p12/root.json"))
+        for suffix in (".json", ".png", "@2x.json", "@2x.png"):
+            assert f"p12/resources/sprites/sprite{suffix}" in names
+        for rng in RANGES:
+            assert zf.read(f"p12/resources/fonts/{FONT}/{rng}.pbf") == \
+                server.resources[f"fonts/{FONT}/{rng}.pbf"]
+        assert {"esriinfo/iteminfo.xml", "esriinfo/item.pkinfo",
+                "esriinfo/thumbnail/thumbnail.png", "p12/metadata.json"} <= names
+    assert style["sprite"] == "../sprites/sprite"
+    assert style["glyphs"] == "../fonts/{fontstack}/{range}.pbf"
+    assert style["sources"]["esri"] == {"type": "vector", "url": "../../"}
+    assert index == server.index
+    assert (root["minLOD"], root["maxLOD"]) == (0, 3)
+    assert root["resourceInfo"]["cacheInfo"]["storageInfo"]["packetSize"] == 128
+    assert root["tileInfo"]["rows"] == 512
+    verify = cli("verify", str(out))
+    assert verify.code == 0, verify.stdout + verify.stderr
+    assert "17 tiles" in verify.stdout
+
+
+def test_vector_mbtiles_gdal_lists_layers_and_tiles_match(cli, server, tmp_path):
+    out = tmp_path / "streets.mbtiles"
+    result = cli("run", "--service", server.url, "--levels", LEVELS, "--exporter", "mbtiles",
+                 "--output", str(out))
+    assert result.code == 0, result.stderr + result.stdout
+    layers = {str(name) for name, _ in pyogrio.list_layers(out)}
+    assert layers == {"water", "roads", "places"}
+    info = pyogrio.read_info(out, layer="places")
+    assert info["crs"] == "EPSG:3857" and "label" in list(info["fields"])
+    conn = sqlite3.connect(out)
+    meta = dict(conn.execute("SELECT name, value FROM metadata"))
+    assert meta["format"] == "pbf"
+    ids = {layer["id"] for layer in json.loads(meta["json"])["vector_layers"]}
+    assert ids == layers
+    rows = conn.execute("SELECT zoom_level, tile_column, tile_row, tile_data FROM tiles").fetchall()
+    assert len(rows) == len(DEFAULT_TILES)
+    for zoom, col, tms, data in rows:
+        key = (zoom, (1 << zoom) - 1 - tms, col)
+        assert gzip.decompress(data) == server.served(key), key
+        features = gdal_features(data)
+        assert features["places"] == ["/".join(map(str, key))]
+    conn.close()
+    verify = cli("verify", str(out))
+    assert verify.code == 0, verify.stdout + verify.stderr
+
+
+def test_token_is_sent_for_json_tiles_and_resources(cli, tmp_path, monkeypatch):
+    with VectorTileServer(token="s3cret") as srv:
+        out = tmp_path / "t.vtpk"
+        refused = cli("run", "--service", srv.url, "--levels", "0-1", "--exporter", "vtpk",
+                      "--output", str(out))
+        assert refused.code != 0 and "token" in (refused.stderr + refused.stdout).lower()
+        monkeypatch.setenv("ARCGIS_TOKEN", "s3cret")
+        result = cli("run", "--service", srv.url, "--levels", "0-1", "--exporter", "vtpk",
+                     "--output", str(out))
+        assert result.code == 0, result.stderr + result.stdout
+        assert "s3cret" not in result.stdout + result.stderr
+        assert len(vtpk_tiles(out)) == 5
+
+
+@pytest.mark.parametrize("drop, named", [
+    ("sprites/sprite@2x.png", "sprite@2x.png"),
+    (f"fonts/{FONT}/256-511.pbf", "256-511"),
+])
+def test_missing_style_resource_is_named_and_nothing_is_written(cli, tmp_path, drop, named):
+    with VectorTileServer(drop=[drop]) as srv:
+        out = tmp_path / "s.vtpk"
+        result = cli("run", "--service", srv.url, "--levels", LEVELS, "--exporter", "vtpk",
+                     "--output", str(out))
+        assert result.code != 0
+        assert named in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not out.exists()
+        assert srv.tile_requests() == 0  # resources are checked before any tile is fetched
+
+
+def test_undecodable_tile_and_tilemap_hole_are_named(cli, tmp_path):
+    with VectorTileServer(bad_tiles=[(2, 1, 1)], tilemap_extra=[(3, 0, 0)]) as srv:
+        out = tmp_path / "s.vtpk"
+        result = cli("run", "--service", srv.url, "--levels", LEVELS, "--exporter", "vtpk",
+                     "--output", str(out))
+        assert result.code == 1
+        assert not out.exists()  # a package with holes is never written
+        job = cli("job", "1")
+        text = job.stdout + job.stderr
+        assert "not a vector tile" in text and "row 1 col 1" in text
+        assert "tilemap lists this tile" in text and "row 0 col 0" in text
+
+
+def test_verify_names_a_tile_that_does_not_decode_and_a_missing_glyph(cli, server, tmp_path):
+    out = tmp_path / "s.vtpk"
+    assert cli("run", "--service", server.url, "--levels", LEVELS, "--exporter", "vtpk",
+               "--output", str(out)).code == 0
+    broken = tmp_path / "broken.vtpk"
+    with zipfile.ZipFile(out) as src, zipfile.ZipFile(broken, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == f"p12/resources/fonts/{FONT}/256-511.pbf":
+                continue
+            if info.filename == "p12/tile/L01/R0000C0000.bundle":
+                reader = BundleReader(io.BytesIO(data))
+                offset, size = reader.entry(1, 0)
+                bad = gzip.compress(b"\x1a\x03abc")[:size].ljust(size, b"\0")
+                data = data[:offset] + bad + data[offset + size:]
+            dst.writestr(info, data)
+    result = cli("verify", str(broken))
+    assert result.code == 1
+    assert "L01/R0000C0000.bundle: tile does not decode as a vector tile: row 1 col 0" in result.stdout
+    assert "256-511.pbf" in result.stdout
+
+
+def test_vector_layer_classification_for_maps():
+    url = "https://basemaps.arcgis.com/arcgis/rest/services/World_Basemap_v2/VectorTileServer"
+    assert vector_tile_service_url(url + "/resources/styles/root.json?f=json") == url
+    assert is_vector_tile_layer({"layerType": "VectorTileLayer", "styleUrl": url + "/resources/styles"})
+    assert not is_vector_tile_layer({"layerType": "VectorTileLayer",
+                                     "styleUrl": "https://www.arcgis.com/sharing/rest/content/items/"
+                                                 "abc/resources/styles/root.json"})
+    assert not is_vector_tile_layer("https://host/arcgis/rest/services/Roads/MapServer")
+    assert not is_vector_tile_layer({"layerType": "ArcGISTiledMapServiceLayer", "url": url})
