@@ -25,7 +25,7 @@ import mapbox_vector_tile
 from cacheorch.formats.png import encode_png
 
 __all__ = ["VectorTileServer", "DEFAULT_TILES", "mvt_tile", "glyph_pbf", "FONT", "RANGES",
-           "WATER", "ROAD", "BACKGROUND"]
+           "WATER", "ROAD", "BACKGROUND", "ICON"]
 
 Key = tuple[int, int, int]
 HALF = 20037508.342787
@@ -33,8 +33,8 @@ RES0 = 78271.516964
 #: Font stack the style names, and the glyph ranges the server has for it.
 FONT = "Arial Regular"
 RANGES = ("0-255", "256-511")
-#: Colours the style paints (checked in screenshots).
-BACKGROUND, WATER, ROAD = (250, 240, 200), (30, 90, 200), (220, 30, 30)
+#: Colours the style paints, and the sprite's ``dot`` icon (checked in screenshots).
+BACKGROUND, WATER, ROAD, ICON = (250, 240, 200), (30, 90, 200), (220, 30, 30), (0, 160, 0)
 
 
 def _sparse_tiles() -> list[Key]:
@@ -95,12 +95,12 @@ def glyph_pbf(stack: str, rng: str) -> bytes:
 
 
 def _sprite(ratio: int) -> tuple[bytes, bytes]:
-    """A sprite sheet with two icons, ``dot`` (red) and ``square`` (blue), and its index."""
+    """A sprite sheet with two icons, ``dot`` (green) and ``square`` (blue), and its index."""
     size = 16 * ratio
     width, height = 2 * size, size
     pixels = bytearray()
     for _ in range(height):
-        pixels += bytes(ROAD) * size + bytes(WATER) * size
+        pixels += bytes(ICON) * size + bytes(WATER) * size
     index = {"dot": {"x": 0, "y": 0, "width": size, "height": size, "pixelRatio": ratio},
              "square": {"x": size, "y": 0, "width": size, "height": size, "pixelRatio": ratio}}
     return encode_png(width, height, bytes(pixels)), json.dumps(index).encode()

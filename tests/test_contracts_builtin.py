@@ -509,3 +509,87 @@ def test_exporter_contract_catches_an_output_published_before_commit(tmp_path: P
 
     with pytest.raises(AssertionError, match="appeared before commit"):
         Check().test_output_absent_until_commit(tmp_path, web_mercator_scheme(4))
+
+
+# -- vector tile layers (VectorTileServer, vtpk) -----------------------------------------------
+
+_VECTOR_REFUSED = "http://127.0.0.1:9/arcgis/rest/services/Nothing/VectorTileServer"
+
+
+class TestVectorScaleSource(ScaleSourceContract):
+    plugin = _Lazy("scales_vector", "VectorScaleSource")
+    bad_locations = (_VECTOR_REFUSED,)
+
+    @pytest.fixture
+    def location(self) -> Iterator[str]:
+        from _vectorserver import VectorTileServer
+        with VectorTileServer() as srv:
+            yield srv.url
+
+
+class TestVectorTileSource(TileSourceContract):
+    plugin = _Lazy("tiles_vector", "VectorTileSource")
+    options = {"backoff": "0.01"}
+
+    @pytest.fixture
+    def service(self, connection) -> Iterator[Service]:
+        from _vectorserver import VectorTileServer
+
+        from cacheorch.plugins.scales_vector import VectorScaleSource
+        with VectorTileServer() as srv:
+            yield VectorScaleSource().read(srv.url, connection)
+
+    @pytest.fixture
+    def present_keys(self) -> Sequence[TileKey]:
+        return [TileKey(3, r, c) for r in (2, 3) for c in (2, 3)]
+
+    @pytest.fixture
+    def absent_keys(self) -> Sequence[TileKey]:
+        return [TileKey(3, 0, 0), TileKey(4, 9, 9)]  # absent by the tilemap, below a leaf
+
+
+class TestVtpkExporter(ExporterContract):
+    """Vector tiles (gzip MVT) on the 512-px vector scheme, read back through the package."""
+
+    plugin = _Lazy("export_vtpk", "VtpkExporter")
+
+    @pytest.fixture
+    def scheme(self):
+        from _vectorserver import service_json
+
+        from cacheorch.vector.service import vector_service_from_json
+        return vector_service_from_json("http://contract/x/VectorTileServer", service_json()).scheme
+
+    def request(self, output: Path, scheme, mode: str = "create"):
+        from _vectorserver import VectorTileServer, service_json
+
+        from cacheorch.interfaces import ExportRequest
+        from cacheorch.vector.service import vector_service_from_json
+        resources = VectorTileServer().resources
+        location = "http://contract/arcgis/rest/services/C/VectorTileServer"
+
+        def fetch(url: str) -> bytes | None:
+            from urllib.parse import unquote
+            return resources.get(unquote(url.split("/resources/", 1)[-1]))
+
+        service = vector_service_from_json(location, service_json(), fetch)
+        levels = sorted(self.levels)
+        return ExportRequest(output=output, service=service, scheme=scheme.with_levels(levels),
+                             levels=tuple(scheme.lod(n) for n in levels), mode=mode,  # type: ignore[arg-type]
+                             title="Contract")
+
+    def tiles(self, scheme):
+        import gzip
+
+        from _vectorserver import mvt_tile
+        return {(level, row, col): gzip.compress(mvt_tile(level, row, col), mtime=0)
+                for level in self.levels for row in range(min(2 ** level, 4))
+                for col in range(min(2 ** level, 4)) if (level, row, col) != self.hole}
+
+    def read_tiles(self, output: Path, keys):
+        from cacheorch.vector.reader import open_vector
+        package = open_vector(output)
+        try:
+            return {key: package.tile(*key) for key in keys}
+        finally:
+            package.close()
