@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
-import numpy as np
-
 from cacheorch.errors import CacheorchError, ServiceError
 from cacheorch.fetch import TileFetchEngine
 from cacheorch.hookspecs import hookimpl
@@ -64,12 +62,7 @@ def read_index(service: VectorService, connection: Connection) -> QuadIndex | No
 def bundle_tilemap(index: QuadIndex, level: int, top: int, left: int) -> Tilemap:
     """The index's answer for one 128×128 bundle, as the raster filter's presence grid
     (unknown subtrees count as present: their tiles are asked for)."""
-    present = np.zeros((BUNDLE_SIZE, BUNDLE_SIZE), dtype=bool)
-    side = 1 << level
-    for r in range(min(BUNDLE_SIZE, max(0, side - top))):
-        for c in range(min(BUNDLE_SIZE, max(0, side - left))):
-            present[r, c] = index.has(level, top + r, left + c) is not False
-    return Tilemap(level, top, left, present)
+    return Tilemap(level, top, left, index.block(level, top, left, BUNDLE_SIZE))
 
 
 class VectorTileFetcher(TileFetcher):

@@ -208,3 +208,30 @@ def test_vector_layer_classification_for_maps():
                                                  "abc/resources/styles/root.json"})
     assert not is_vector_tile_layer("https://host/arcgis/rest/services/Roads/MapServer")
     assert not is_vector_tile_layer({"layerType": "ArcGISTiledMapServiceLayer", "url": url})
+
+
+def test_index_block_agrees_with_tile_lookups():
+    """The bundle-wide presence grid (one subtree walk) equals per-tile lookups, 2s included."""
+    import random
+
+    from cacheorch.vector.quadtree import QuadIndex, build_index
+    rng = random.Random(7)
+    keys = {(0, 0, 0)}
+    for _ in range(300):
+        level = rng.randint(1, 10)
+        keys.add((level, rng.randrange(1 << level), rng.randrange(1 << level)))
+    data = build_index(keys)
+    data["index"][3] = 2  # the SE quadrant kept elsewhere
+    index = QuadIndex.parse(data)
+    for level in (3, 8, 10):
+        for top in range(0, 1 << level, 128 if level >= 7 else 1 << level):
+            for left in range(0, 1 << level, 128 if level >= 7 else 1 << level):
+                size = 128 if level >= 7 else 8
+                grid = index.block(level, top, left, size)
+                for r in range(min(size, 1 << level)):
+                    for c in range(min(size, 1 << level)):
+                        assert grid[r, c] == (index.has(level, top + r, left + c) is not False), \
+                            (level, top + r, left + c)
+    assert index.has(10, 1000, 1000) is None  # in the SE quadrant
+    present = {k for k in keys if k[0] == 0 or k[1] < 1 << (k[0] - 1) or k[2] < 1 << (k[0] - 1)}
+    assert all(index.has(*k) for k in present)

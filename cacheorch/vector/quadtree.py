@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 __all__ = ["QuadIndex", "build_index", "CHILD_OFFSETS"]
 
 #: (row, col) offsets of the NW, NE, SW, SE children.
@@ -52,6 +54,34 @@ class QuadIndex:
                 return depth == level
         return True
 
+    def block(self, level: int, top: int, left: int, size: int) -> np.ndarray:
+        """Presence of a ``size``×``size`` block (``size`` a power of two, ``top``/``left``
+        multiples of it), unknown subtrees counted as present. Walks only the block's subtree,
+        so a bundle of an empty region costs one descent, not 16,384 lookups."""
+        if size < 2 or size & (size - 1):
+            raise ValueError(f"block size {size} is not a power of two above 1")
+        out = np.zeros((size, size), dtype=bool)
+        depth = size.bit_length() - 1
+        if level < depth:  # the whole level is smaller than the block
+            for r in range(min(size, 1 << level)):
+                for c in range(min(size, 1 << level)):
+                    out[r, c] = self.has(level, r, c) is not False
+            return out
+        anc_level, anc_row, anc_col = level - depth, top >> depth, left >> depth
+        if anc_row >= 1 << anc_level or anc_col >= 1 << anc_level:
+            return out
+        node: Any = self.index  # the children of the level-0 tile
+        for d in range(1, anc_level + 1):
+            shift = anc_level - d
+            node = node[((anc_row >> shift) & 1) * 2 + ((anc_col >> shift) & 1)]
+            if node == 2:
+                out[:] = True
+                return out
+            if not isinstance(node, list):
+                return out  # absent, or a leaf: no tile below it
+        _fill(out, node, 1, depth, 0, 0)
+        return out
+
     def tiles(self, max_level: int) -> Iterable[tuple[int, int, int]]:
         """Every tile the index says exists, down to ``max_level`` (level 0 included)."""
         yield (0, 0, 0)
@@ -67,6 +97,21 @@ class QuadIndex:
                 yield key
                 if isinstance(child, list):
                     stack.append((child, *key))
+
+
+def _fill(out: np.ndarray, node: list[Any], depth: int, target: int, row: int, col: int) -> None:
+    """Mark in ``out`` the tiles ``target`` levels below ``node``'s tile (at relative ``depth``)."""
+    for (dr, dc), child in zip(CHILD_OFFSETS, node):
+        r, c = 2 * row + dr, 2 * col + dc
+        if child == 0:
+            continue
+        if child == 2:  # unknown subtree: everything under it may exist
+            span = 1 << (target - depth)
+            out[r * span:(r + 1) * span, c * span:(c + 1) * span] = True
+        elif depth == target:
+            out[r, c] = True
+        elif isinstance(child, list):
+            _fill(out, child, depth + 1, target, r, c)
 
 
 def _check(node: list[Any], where: str, level: int) -> None:
