@@ -181,7 +181,8 @@ class VectorTileServer:
     :param bad_tiles: keys answered with bytes that are gzip but not MVT.
     :param tilemap_extra: keys the tilemap lists although the server answers 404 for them.
     :param drop: resource paths (below ``resources/``) answered 404 (a sprite, a glyph range).
-    :param export: say ``exportTilesAllowed`` (the exportTiles job is not implemented here).
+    :param export: say ``exportTilesAllowed`` and run exportTiles jobs (one job, ``j1_et``, whose
+        package holds the asked levels' tiles; parameters kept in ``export_params``).
     """
 
     def __init__(self, tiles: Iterable[Key] = DEFAULT_TILES, *, name: str = "Streets",
@@ -194,6 +195,9 @@ class VectorTileServer:
         self.bad_tiles, self.drop = set(bad_tiles), set(drop)
         self.index = tilemap_index(set(self.keys) | set(tilemap_extra))
         self.service = service_json(max_level, export=export)
+        self.export = export
+        #: Parameters of every exportTiles request.
+        self.export_params: list[dict[str, str]] = []
         self.style = style_json(font)
         self.resources: dict[str, bytes] = {"styles/root.json": json.dumps(self.style).encode()}
         for suffix, ratio in (("", 1), ("@2x", 2)):
@@ -256,6 +260,8 @@ class VectorTileServer:
             return _send(h, 200, json.dumps(self.index).encode(), "application/json")
         if rest.startswith("tile/"):
             return self._tile(h, rest[5:])
+        if self.export and (rest == "exportTiles" or rest.startswith("jobs/")):
+            return self._job(h, rest, query)
         if rest.startswith("resources/"):
             res = unquote(rest[len("resources/"):])
             if res in ("styles", "styles/"):
@@ -267,6 +273,53 @@ class VectorTileServer:
                     "application/json" if res.endswith(".json") else "application/x-protobuf")
                 return _send(h, 200, self.resources[res], ctype)
         return _send(h, 404, b"not found", "text/plain")
+
+    def _job(self, h: BaseHTTPRequestHandler, rest: str, query: dict[str, list[str]]) -> None:
+        """exportTiles as Enterprise answers it: a job, then ``results/out_service_url``."""
+        if rest == "exportTiles":
+            self.export_params.append({k: v[0] for k, v in query.items()})
+            body: dict[str, Any] = {"jobId": "j1_et", "jobStatus": "esriJobSubmitted"}
+        elif rest == "jobs/j1_et":
+            body = {"jobId": "j1_et", "jobStatus": "esriJobSucceeded",
+                    "messages": [{"type": "esriJobMessageTypeInformative",
+                                  "description": "Export vector tiles finished"}],
+                    "results": {"out_service_url": {"paramUrl": "results/out_service_url"}}}
+        elif rest == "jobs/j1_et/results/out_service_url":
+            body = {"paramName": "out_service_url", "value": self.url + "/jobs/j1_et/Streets.vtpk"}
+        elif rest == "jobs/j1_et/Streets.vtpk":
+            return _send(h, 200, self._package(), "application/octet-stream")
+        else:
+            return _send(h, 404, b"not found", "text/plain")
+        return _send(h, 200, json.dumps(body).encode(), "application/json")
+
+    def _package(self) -> bytes:
+        """The export's .vtpk: the asked levels' tiles, written by cacheorch's vtpk exporter."""
+        import tempfile
+        from pathlib import Path
+
+        from cacheorch.interfaces import ExportRequest
+        from cacheorch.plugins.export_vtpk import VtpkExporter
+        from cacheorch.vector.service import vector_service_from_json
+        from cacheorch.config import parse_level_set
+        levels = sorted(parse_level_set(self.export_params[-1]["levels"], "levels"))
+        service = vector_service_from_json(self.url, self.service, lambda url: self.resources.get(
+            unquote(url.split("/resources/", 1)[-1])))
+        scheme = service.scheme
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "Streets.vtpk"
+            session = VtpkExporter().open(ExportRequest(
+                output=out, service=service, scheme=scheme.with_levels(levels),
+                levels=tuple(scheme.lod(n) for n in levels)))
+            for level in levels:
+                keys = [k for k in self.keys if k[0] == level]
+                if keys:
+                    sink = session.open_bundle(level, 0, 0)
+                    for _, row, col in keys:
+                        sink.add(row, col, gzip.compress(self.raw[(level, row, col)], mtime=0))
+                    sink.close()
+            session.commit()
+            session.discard()
+            return out.read_bytes()
 
     def _tile(self, h: BaseHTTPRequestHandler, rest: str) -> None:
         parts = rest.removesuffix(".pbf").split("/")
@@ -309,6 +362,14 @@ def _handler(server: VectorTileServer) -> type[BaseHTTPRequestHandler]:
             with server._lock:
                 server.requests[unquote(parts.path)] += 1
             server.answer(self, parts.path, parse_qs(parts.query))
+
+        def do_POST(self) -> None:  # noqa: N802 - exportTiles is posted
+            parts = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            form = parse_qs(self.rfile.read(length).decode()) if length else {}
+            with server._lock:
+                server.requests[unquote(parts.path)] += 1
+            server.answer(self, parts.path, {**parse_qs(parts.query), **form})
 
         def log_message(self, *args: Any) -> None:
             pass

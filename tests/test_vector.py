@@ -235,3 +235,23 @@ def test_index_block_agrees_with_tile_lookups():
     assert index.has(10, 1000, 1000) is None  # in the SE quadrant
     present = {k for k in keys if k[0] == 0 or k[1] < 1 << (k[0] - 1) or k[2] < 1 << (k[0] - 1)}
     assert all(index.has(*k) for k in present)
+
+
+def test_rest_export_tiles_of_a_vector_layer_gives_the_servers_vtpk(cli, tmp_path):
+    with VectorTileServer(export=True) as srv:
+        plan = cli("plan", "--service", srv.url, "--levels", "0-2",
+                   "--exporter", "rest-export-tiles")
+        assert plan.code == 0, plan.stderr
+        out = tmp_path / "exported.vtpk"
+        result = cli("run", "--service", srv.url, "--levels", "0-2", "--exporter",
+                     "rest-export-tiles", "--output", str(out), "--json")
+        assert result.code == 0, result.stderr + result.stdout
+        params = srv.export_params[0]
+        assert params["exportBy"] == "levelId" and params["levels"] == "0-2"
+        assert json.loads(params["exportExtent"])["spatialReference"]["wkid"] == 102100
+        assert "rings" in json.loads(params["polygon"])
+    report = json.loads(result.stdout)
+    written = {lv["level"]: lv["tiles_written"] for lv in report["levels"]}
+    assert written == {0: 1, 1: 4, 2: 8}
+    assert set(vtpk_tiles(out)) == {k for k in DEFAULT_TILES if k[0] <= 2}
+    assert cli("verify", str(out)).code == 0

@@ -23,7 +23,8 @@ from cacheorch.tiling import BUNDLE_SIZE
 from cacheorch.vector.package import ROOT
 from cacheorch.vector.service import VectorService, standard_vector_json, vector_service_from_json
 
-__all__ = ["VectorOutput", "VtpkReader", "VectorMBTilesReader", "open_vector", "is_vector_output"]
+__all__ = ["VectorOutput", "VtpkReader", "VectorMBTilesReader", "open_vector", "is_vector_output",
+           "vector_level_counts"]
 
 Key = tuple[int, int, int]
 
@@ -197,3 +198,16 @@ def open_vector(path: str | Path) -> VectorOutput:
         raise FormatError(f"{p}: no such file")
     return VectorMBTilesReader(p) if is_sqlite(p) else VtpkReader(p)
 
+
+
+def vector_level_counts(path: str | Path) -> dict[int, tuple[int, int]]:
+    """Tiles and bytes per level of a vector output (what the catalog records of it)."""
+    counts: dict[int, tuple[int, int]] = {}
+    output = open_vector(path)
+    try:
+        for (level, _, _), data in output.tiles():
+            tiles, size = counts.get(level, (0, 0))
+            counts[level] = (tiles + 1, size + len(data))
+    finally:
+        output.close()
+    return counts
