@@ -19,15 +19,17 @@ from cacheorch.errors import ExportError
 from cacheorch.formats.rootjson import wgs84_bounds
 from cacheorch.interfaces import ExportRequest, ExportSession, Exporter
 from cacheorch.plugins._staging import MARKER, atomic_write, export_extent, title_of
+from cacheorch.plugins.export_compact_v2 import CompactV2Session
 from cacheorch.plugins.export_tpkx import TpkxSession, _zip_info, store_file, thumbnail_png
 from cacheorch.vector.package import (
     ROOT, item_pkinfo, iteminfo_xml, metadata_json, new_guid, scan_bundles, vtpk_root_json,
 )
 from cacheorch.vector.quadtree import build_index
 from cacheorch.vector.resources import collect_resources
+from cacheorch.tiling import Envelope
 from cacheorch.vector.service import VectorService, is_vector_scheme
 
-__all__ = ["VtpkExporter", "VtpkSession", "stage_resources", "vector_service_of",
+__all__ = ["VtpkExporter", "VtpkSession", "VectorFolderSession", "stage_resources", "vector_service_of",
            "cacheorch_register_exporters"]
 
 #: Written once every resource is staged; a resume that finds it does not fetch them again.
@@ -60,27 +62,25 @@ def stage_resources(service: VectorService, folder: Path) -> None:
 class VtpkSession(TpkxSession):
     """A vector tile package being staged in ``<output>.partial/`` (the ``p12`` tree as is)."""
 
+    #: The service tree's folder inside the output ("" for a cache folder).
+    tree = ROOT
     bundles_dir = f"{ROOT}/tile"
     exporter_name = "vtpk"
 
     def __init__(self, request: ExportRequest) -> None:
-        self.service = vector_service_of(request, "vtpk")
+        self.service = vector_service_of(request, self.exporter_name)
         super().__init__(request)
-        stage_resources(self.service, self.staging / ROOT / "resources")
+        stage_resources(self.service, self.staging / self.tree / "resources")
 
     def _prepare(self) -> None:
-        (self.staging / ROOT).mkdir(parents=True, exist_ok=True)
+        (self.staging / self.tree).mkdir(parents=True, exist_ok=True)
         super()._prepare()
 
     def _write_metadata(self) -> None:
         request = self.request
         extent = export_extent(request)
         keys, summary, zooms = scan_bundles(self.staged_bundles())
-        guid = new_guid()
-        name, title = Path(request.output).stem, title_of(request)
-        wgs84 = wgs84_bounds(extent.bounds, request.service.scheme.spatial_reference) \
-            if extent else None
-        root = self.staging / ROOT
+        root = self.staging / self.tree
         (root / "tilemap").mkdir(exist_ok=True)
         files = {
             root / "root.json": json.dumps(vtpk_root_json(self.service, self.levels(), extent)),
@@ -89,6 +89,15 @@ class VtpkSession(TpkxSession):
         }
         for path, data in files.items():
             atomic_write(path, data.encode() if isinstance(data, str) else data)
+        if self.tree:
+            self._write_esriinfo(extent)
+
+    def _write_esriinfo(self, extent: Envelope | None) -> None:
+        request = self.request
+        guid = new_guid()
+        name, title = Path(request.output).stem, title_of(request)
+        wgs84 = wgs84_bounds(extent.bounds, request.service.scheme.spatial_reference) \
+            if extent else None
         info = self.staging / "esriinfo"
         (info / "thumbnail").mkdir(parents=True, exist_ok=True)
         atomic_write(info / "iteminfo.xml", iteminfo_xml(
@@ -111,6 +120,20 @@ class VtpkSession(TpkxSession):
                         store_file(zf, prefix + fname, Path(folder) / fname)
             raw.flush()
             os.fsync(raw.fileno())
+
+
+class VectorFolderSession(VtpkSession):
+    """The same tree unpacked, as the ``compact-v2`` exporter writes for a vector tile layer: a
+    vector tile cache folder (``root.json``, ``tile/Lnn/*.bundle``, ``tilemap/``, ``resources/``;
+    what ArcGIS Pro's Extract Package makes of a vtpk), published by renaming the staging folder."""
+
+    tree = ""
+    bundles_dir = "tile"
+    exporter_name = "compact-v2"
+
+    def _publish(self) -> None:
+        (self.staging / "resources" / _RESOURCES_DONE).unlink(missing_ok=True)
+        CompactV2Session._publish(self)  # type: ignore[arg-type] - the same rename into place
 
 
 class VtpkExporter(Exporter):

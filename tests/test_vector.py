@@ -255,3 +255,24 @@ def test_rest_export_tiles_of_a_vector_layer_gives_the_servers_vtpk(cli, tmp_pat
     assert written == {0: 1, 1: 4, 2: 8}
     assert set(vtpk_tiles(out)) == {k for k in DEFAULT_TILES if k[0] <= 2}
     assert cli("verify", str(out)).code == 0
+
+
+def test_compact_v2_of_a_vector_layer_is_the_unpacked_tree(cli, server, tmp_path):
+    out = tmp_path / "streets-cache"
+    result = cli("run", "--service", server.url, "--levels", LEVELS, "--exporter", "compact-v2",
+                 "--output", str(out))
+    assert result.code == 0, result.stderr + result.stdout
+    assert json.loads((out / "root.json").read_text())["tileInfo"]["format"] == "pbf"
+    assert (out / "resources" / "sprites" / "sprite@2x.png").is_file()
+    assert (out / "resources" / "fonts" / FONT / "256-511.pbf").is_file()
+    assert json.loads((out / "tilemap" / "root.json").read_text()) == server.index
+    assert not list(out.rglob(".cacheorch*")) and not list(out.rglob(".resources*"))
+    tiles = {}
+    for path in sorted((out / "tile").glob("L*/*.bundle")):
+        with BundleReader(path) as reader:
+            for row, col, data in reader.tiles():
+                tiles[(int(path.parent.name[1:]), row, col)] = data
+    assert set(tiles) == set(DEFAULT_TILES)
+    assert all(gzip.decompress(d) == server.served(k) for k, d in tiles.items())
+    verify = cli("verify", str(out))
+    assert verify.code == 0, verify.stdout + verify.stderr

@@ -1,4 +1,5 @@
-"""Reading a vector tile output back: a .vtpk (in place, through bundle indexes) or a vector MBTiles.
+"""Reading a vector tile output back: a .vtpk (in place, through bundle indexes), the same tree as a
+vector tile cache folder, or a vector MBTiles.
 
 One small interface for ``verify`` and ``serve``: the service JSON, tiles by (level, row, col) in
 their stored (gzip) form, every tile in turn, and resources (style, sprites, glyphs) by their
@@ -18,10 +19,12 @@ from cacheorch.errors import FormatError
 from cacheorch.formats.bundle import BundleReader, bundle_name, level_folder, parse_bundle_name
 from cacheorch.formats.mbtiles import tms_row
 from cacheorch.formats.sqlitetiles import connect_readonly, is_sqlite
-from cacheorch.formats.tpk import TilePackage
+from cacheorch.formats.tpk import Span, TilePackage
 from cacheorch.tiling import BUNDLE_SIZE
 from cacheorch.vector.package import ROOT
-from cacheorch.vector.service import VectorService, standard_vector_json, vector_service_from_json
+from cacheorch.vector.service import (
+    VectorService, is_vector_json, standard_vector_json, vector_service_from_json,
+)
 
 __all__ = ["VectorOutput", "VtpkReader", "VectorMBTilesReader", "open_vector", "is_vector_output",
            "vector_level_counts"]
@@ -58,46 +61,101 @@ class VectorOutput:
         pass
 
 
-class VtpkReader(VectorOutput):
-    """A .vtpk read in place: bundles through their STORED spans, metadata as members."""
+class _ZipFiles:
+    """Members of a .vtpk below ``p12/``: small ones read whole, bundles as STORED spans."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         self.package = TilePackage(path)
+        self.where = f"{path}!{ROOT}/"
         if not self.package.is_vector_package():
             self.package.close()
             raise FormatError(f"{path}: not a vector tile package (no p12/root.json)")
-        self.root = _json(self.package.read(f"{ROOT}/root.json"), f"{path}!{ROOT}/root.json")
+
+    def read(self, rel: str) -> bytes | None:
+        name = f"{ROOT}/{rel}"
+        return self.package.read(name) if self.package.info(name) else None
+
+    def names(self, folder: str) -> list[str]:
+        return [rel for rel, _ in self.package.files_under(f"{ROOT}/{folder}")]
+
+    def span(self, rel: str) -> Span | None:
+        info = self.package.info(f"{ROOT}/{rel}")
+        return self.package.span(info, allow_compressed=False) if info else None
+
+    def close(self) -> None:
+        self.package.close()
+
+
+class _FolderFiles:
+    """The same tree unpacked: a vector tile cache folder (``root.json``, ``tile/``...)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = f"{path}/"
+
+    def read(self, rel: str) -> bytes | None:
+        target = self.path / rel
+        return target.read_bytes() if target.is_file() else None
+
+    def names(self, folder: str) -> list[str]:
+        base = self.path / folder
+        return [p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()] \
+            if base.is_dir() else []
+
+    def span(self, rel: str) -> Span | None:
+        target = self.path / rel
+        return Span(target, 0, target.stat().st_size) if target.is_file() else None
+
+    def close(self) -> None:
+        pass
+
+
+class VtpkReader(VectorOutput):
+    """A .vtpk read in place (bundles through their STORED spans), or the same tree as a folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files = _FolderFiles(path) if path.is_dir() else _ZipFiles(path)
+        raw = self.files.read("root.json")
+        if raw is None:
+            self.files.close()
+            raise FormatError(f"{path}: not a vector tile cache (no root.json)")
+        self.root = _json(raw, f"{self.files.where}root.json")
         self.service = vector_service_from_json(str(path), self.root)
         self._readers: dict[str, BundleReader | None] = {}
         self._lock = threading.Lock()
 
     def bundle_members(self) -> list[tuple[int, int, int, str]]:
-        """(level, bundle_row, bundle_col, member name) of every bundle in ``p12/tile``."""
+        """(level, bundle_row, bundle_col, name below the tree's root) of every bundle."""
         out = []
-        for rel, info in self.package.files_under(f"{ROOT}/tile"):
+        for rel in self.files.names("tile"):
             parts = rel.split("/")
             parsed = parse_bundle_name(parts[-1]) if len(parts) == 2 else None
             if parsed and parts[0][:1] in "Ll" and parts[0][1:].isdigit():
-                out.append((int(parts[0][1:]), parsed[0], parsed[1], info.filename))
+                out.append((int(parts[0][1:]), parsed[0], parsed[1], f"tile/{rel}"))
         return sorted(out)
 
+    def span(self, member: str) -> Span:
+        """Where a bundle's bytes are (FormatError when it is compressed or absent)."""
+        span = self.files.span(member)
+        if span is None:
+            raise FormatError(f"{self.files.where}{member}: no such bundle")
+        return span
+
     def reader(self, member: str) -> BundleReader:
-        """A reader of one bundle member (FormatError when it is compressed or broken)."""
-        info = self.package.info(member)
-        if info is None:
-            raise FormatError(f"{self.path}: no {member}")
-        span = self.package.span(info, allow_compressed=False)
-        return BundleReader(span.path, base=span.base, length=span.length,
-                            bundle_row=parse_bundle_name(member.rsplit("/", 1)[-1])[0],  # type: ignore[index]
-                            bundle_col=parse_bundle_name(member.rsplit("/", 1)[-1])[1])  # type: ignore[index]
+        """A reader of one bundle (FormatError when it is compressed or broken)."""
+        span = self.span(member)
+        brow, bcol = parse_bundle_name(member.rsplit("/", 1)[-1]) or (0, 0)
+        return BundleReader(span.path, base=span.base, length=span.length, bundle_row=brow,
+                            bundle_col=bcol)
 
     def tile(self, level: int, row: int, col: int) -> bytes | None:
         top, left = row - row % BUNDLE_SIZE, col - col % BUNDLE_SIZE
-        member = f"{ROOT}/tile/{level_folder(level)}/{bundle_name(top, left)}"
+        member = f"tile/{level_folder(level)}/{bundle_name(top, left)}"
         with self._lock:
             if member not in self._readers:
-                self._readers[member] = self.reader(member) if self.package.info(member) else None
+                self._readers[member] = self.reader(member) \
+                    if self.files.span(member) is not None else None
             reader = self._readers[member]
         return reader.get(row, col) if reader is not None else None
 
@@ -111,23 +169,21 @@ class VtpkReader(VectorOutput):
                 reader.close()
 
     def resource(self, rel: str) -> bytes | None:
-        name = f"{ROOT}/resources/{rel}"
-        return self.package.read(name) if self.package.info(name) else None
+        return self.files.read(f"resources/{rel}")
 
     def resources(self) -> list[str]:
-        return sorted(rel for rel, _ in self.package.files_under(f"{ROOT}/resources"))
+        return sorted(self.files.names("resources"))
 
     def index(self) -> dict[str, Any] | None:
-        name = f"{ROOT}/{self.root.get('tileMap') or 'tilemap'}/root.json"
-        if self.package.info(name) is None:
-            return None
-        return _json(self.package.read(name), f"{self.path}!{name}")
+        name = f"{self.root.get('tileMap') or 'tilemap'}/root.json"
+        raw = self.files.read(name)
+        return None if raw is None else _json(raw, f"{self.files.where}{name}")
 
     def close(self) -> None:
         for reader in self._readers.values():
             if reader is not None:
                 reader.close()
-        self.package.close()
+        self.files.close()
 
 
 class VectorMBTilesReader(VectorOutput):
@@ -172,6 +228,11 @@ def _json(raw: bytes, where: str) -> Any:
 def is_vector_output(path: str | Path) -> bool:
     """Whether ``path`` is a .vtpk or an MBTiles of ``pbf`` tiles."""
     p = Path(path)
+    if p.is_dir():  # a vector tile cache folder: root.json with pbf tiles
+        try:
+            return is_vector_json(json.loads((p / "root.json").read_bytes()))
+        except (OSError, ValueError):
+            return False
     if not p.is_file():
         return False
     if is_sqlite(p):
@@ -194,8 +255,8 @@ def is_vector_output(path: str | Path) -> bool:
 def open_vector(path: str | Path) -> VectorOutput:
     """Open a .vtpk or vector MBTiles; FormatError naming what is wrong."""
     p = Path(path)
-    if not p.is_file():
-        raise FormatError(f"{p}: no such file")
+    if not p.exists():
+        raise FormatError(f"{p}: no such file or folder")
     return VectorMBTilesReader(p) if is_sqlite(p) else VtpkReader(p)
 
 

@@ -120,8 +120,7 @@ def _verify_vtpk(output: VtpkReader, report: VerifyReport) -> None:
             report.defects.append(Defect(where, f"level {level} is outside minLOD..maxLOD "
                                                 f"{lo}..{hi} of root.json"))
         try:
-            span = output.package.span(output.package.info(member),  # type: ignore[arg-type]
-                                       allow_compressed=False)
+            span = output.span(member)
         except FormatError as exc:
             report.defects.append(Defect(where, str(exc)))
             continue
