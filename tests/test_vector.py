@@ -276,3 +276,14 @@ def test_compact_v2_of_a_vector_layer_is_the_unpacked_tree(cli, server, tmp_path
     assert all(gzip.decompress(d) == server.served(k) for k, d in tiles.items())
     verify = cli("verify", str(out))
     assert verify.code == 0, verify.stdout + verify.stderr
+
+
+def test_exporters_that_cannot_hold_the_tiles_are_refused_at_plan_time(cli, server, tmp_path):
+    for exporter in ("tpkx", "gpkg", "exploded"):
+        result = cli("run", "--service", server.url, "--levels", "0-1", "--exporter", exporter,
+                     "--output", str(tmp_path / f"x-{exporter}"))
+        assert result.code == 2 and "vector tile layer" in result.stderr, result.stderr
+        assert not (tmp_path / f"x-{exporter}").exists()
+    assert server.tile_requests() == 0
+    raster = cli("plan", "--service", "defaults", "--levels", "0-2", "--exporter", "vtpk")
+    assert raster.code == 2 and "writes vector tile layers" in raster.stderr

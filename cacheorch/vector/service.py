@@ -17,13 +17,18 @@ from cacheorch.tiling import Envelope, TilingScheme
 
 __all__ = ["VectorService", "vector_service_from_json", "is_vector_scheme", "is_vector_json",
            "is_vector_tile_layer", "vector_tile_service_url", "DEFAULT_TILE_TEMPLATE", "KIND",
-           "standard_vector_json"]
+           "standard_vector_json", "check_exporter", "VECTOR_EXPORTERS"]
 
 #: ``Service.kind`` of a vector tile layer.
 KIND = "VectorTileServer"
 #: Esri's tile template: row before column (spec §1.1, surprise 2).
 DEFAULT_TILE_TEMPLATE = "tile/{z}/{y}/{x}.pbf"
 _MARK = "/vectortileserver"
+#: Built-in exporters that write vector tiles (a third-party exporter says so with a class
+#: attribute ``vector_tiles = True``).
+VECTOR_EXPORTERS = frozenset({"vtpk", "mbtiles", "compact-v2", "rest-export-tiles"})
+#: Built-in exporters that write only vector tiles.
+_VECTOR_ONLY = frozenset({"vtpk"})
 _HALF = 20037508.342787
 #: Level 0 of Esri's 512-px Web Mercator vector scheme (spec §1.2).
 _RES0 = 2 * _HALF / 512
@@ -173,3 +178,19 @@ def standard_vector_json(name: str, min_lod: int, max_lod: int, max_level: int =
                          "origin": {"x": -_HALF, "y": _HALF}, "spatialReference": sr,
                          "lods": lods},
             "resourceInfo": {"styleVersion": 8, "tileCompression": "gzip"}}
+
+
+def check_exporter(service: Service, exporter: Any) -> None:
+    """UsageError, at plan time, when ``exporter`` cannot hold ``service``'s kind of tiles: pbf
+    tiles in a tpkx or GeoPackage would make an output no client reads."""
+    from cacheorch.errors import UsageError
+
+    name = str(getattr(exporter, "name", ""))
+    vector = is_vector_scheme(service.scheme)
+    takes_vector = getattr(exporter, "vector_tiles", name in VECTOR_EXPORTERS)
+    if vector and not takes_vector:
+        raise UsageError(f"{service.location} is a vector tile layer; exporter {name} writes "
+                         f"raster tiles (use {', '.join(sorted(VECTOR_EXPORTERS))})")
+    if not vector and name in _VECTOR_ONLY:
+        raise UsageError(f"exporter {name} writes vector tile layers; {service.location} is a "
+                         f"{service.kind} (use tpkx, compact-v2, mbtiles...)")
