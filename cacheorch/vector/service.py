@@ -54,6 +54,11 @@ class VectorService(Service):
     source_json: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     fetch: Callable[[str], bytes | None] | None = field(default=None, compare=False, repr=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without ``fetch`` (bound to a connection, which holds locks and secrets):
+        dask workers fetch tiles only; resources are fetched where the export is written."""
+        return dict(self.__dict__, fetch=None)
+
 
 def is_vector_scheme(scheme: TilingScheme) -> bool:
     """Whether a tiling scheme is a vector tile scheme (tiles are ``pbf``)."""
