@@ -287,3 +287,34 @@ def test_exporters_that_cannot_hold_the_tiles_are_refused_at_plan_time(cli, serv
     assert server.tile_requests() == 0
     raster = cli("plan", "--service", "defaults", "--levels", "0-2", "--exporter", "vtpk")
     assert raster.code == 2 and "writes vector tile layers" in raster.stderr
+
+
+def test_font_stacks_of_plain_lists_and_expressions():
+    from cacheorch.vector.resources import font_stacks
+    style = {"layers": [
+        {"layout": {"text-field": "{a}", "text-font": ["Arial Bold"]}},
+        {"layout": {"text-field": "{a}", "text-font": ["step", ["zoom"], ["literal", ["Arial Regular"]],
+                                                       10, ["literal", ["Tahoma Regular"]]]}},
+        {"layout": {"text-field": "{a}"}},                     # MapLibre's default stack
+        {"layout": {"icon-image": "dot", "text-font": ["Unused Font"]}},  # no text drawn
+    ]}
+    assert font_stacks(style) == ("Arial Bold", "Arial Regular",
+                                  "Open Sans Regular,Arial Unicode MS Regular", "Tahoma Regular")
+
+
+def test_verify_names_tilemap_entries_without_tiles(cli, server, tmp_path):
+    from cacheorch.vector.quadtree import build_index
+    out = tmp_path / "s.vtpk"
+    assert cli("run", "--service", server.url, "--levels", LEVELS, "--exporter", "vtpk",
+               "--output", str(out)).code == 0
+    assert cli("verify", str(out), "--job", "1").code == 0
+    broken = tmp_path / "broken.vtpk"
+    with zipfile.ZipFile(out) as src, zipfile.ZipFile(broken, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "p12/tilemap/root.json":
+                data = json.dumps(build_index([*DEFAULT_TILES, (3, 0, 0)])).encode()
+            dst.writestr(info, data)
+    result = cli("verify", str(broken))
+    assert result.code == 1
+    assert "tilemap: lists tile 3/0/0 but no bundle holds it" in result.stdout

@@ -71,17 +71,24 @@ class StyleRefs:
     fonts: tuple[str, ...]
 
 
-def _text_fonts(value: Any) -> Iterator[str]:
-    """Font stacks in a ``text-font`` value: a list of names, or inside an expression."""
-    if isinstance(value, list) and value:
-        if value[0] == "literal" and len(value) == 2:
-            yield from _text_fonts(value[1])
-        elif all(isinstance(v, str) for v in value) and value[0] not in ("get", "step", "match",
-                                                                          "case", "coalesce"):
-            yield ",".join(value)
-        else:
-            for item in value:
-                yield from _text_fonts(item)
+#: Expression operators that can open a ``text-font`` value (never font names).
+_OPERATORS = frozenset({"get", "step", "match", "case", "coalesce", "interpolate", "literal",
+                        "zoom", "to-string", "concat"})
+
+
+def _text_fonts(value: Any, top: bool = True) -> Iterator[str]:
+    """Font stacks in a ``text-font`` value: a list of names, or ``["literal", [...]]`` lists
+    inside an expression (data-driven names cannot be known and are not guessed)."""
+    if not isinstance(value, list) or not value:
+        return
+    if value[0] == "literal" and len(value) == 2 and isinstance(value[1], list) \
+            and value[1] and all(isinstance(v, str) for v in value[1]):
+        yield ",".join(value[1])
+    elif top and all(isinstance(v, str) for v in value) and value[0] not in _OPERATORS:
+        yield ",".join(value)
+    else:
+        for item in value:
+            yield from _text_fonts(item, top=False)
 
 
 def font_stacks(style: dict[str, Any]) -> tuple[str, ...]:
