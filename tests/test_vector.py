@@ -318,3 +318,17 @@ def test_verify_names_tilemap_entries_without_tiles(cli, server, tmp_path):
     result = cli("verify", str(broken))
     assert result.code == 1
     assert "tilemap: lists tile 3/0/0 but no bundle holds it" in result.stdout
+
+
+def test_glyph_ranges_are_probed_when_the_service_lists_no_resources(cli, tmp_path):
+    with VectorTileServer(drop=["info/root.json"]) as srv:
+        out = tmp_path / "s.vtpk"
+        result = cli("run", "--service", srv.url, "--levels", "0-1", "--exporter", "vtpk",
+                     "--output", str(out))
+        assert result.code == 0, result.stderr
+        probed = [p for p in srv.requests if "/fonts/" in p]
+    assert len(probed) == 256  # every range of the Basic Multilingual Plane, once
+    with zipfile.ZipFile(out) as zf:
+        fonts = sorted(n for n in zf.namelist() if n.startswith("p12/resources/fonts/") and
+                       n.endswith(".pbf"))
+    assert fonts == [f"p12/resources/fonts/{FONT}/{rng}.pbf" for rng in RANGES]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urljoin
@@ -33,6 +34,8 @@ PACKAGE_SOURCE = "../../"
 #: What MapLibre draws text with when a layer names no ``text-font``.
 MAPLIBRE_DEFAULT_FONT = "Open Sans Regular,Arial Unicode MS Regular"
 _RANGES = tuple(f"{i}-{i + 255}" for i in range(0, 65536, 256))
+#: Glyph ranges fetched at once (small files; the session pools connections).
+_GLYPH_WORKERS = 8
 
 Fetch = Callable[[str], "bytes | None"]
 
@@ -166,6 +169,26 @@ def _listed_ranges(info: bytes | None) -> dict[str, list[str]]:
     return out
 
 
+def _glyphs(template: str, stacks: tuple[str, ...], listed: dict[str, list[str]], fetch: Fetch,
+            out: dict[str, bytes], missing: list[str]) -> None:
+    """Every listed range of each stack (else every range that exists), a few requests at a
+    time: a basemap's fonts are thousands of small files."""
+    wanted = [(stack, rng, template.replace("{fontstack}", quote(stack)).replace("{range}", rng))
+              for stack in stacks for rng in listed.get(stack) or _RANGES]
+    with ThreadPoolExecutor(max_workers=_GLYPH_WORKERS) as pool:
+        answers = pool.map(lambda item: fetch(item[2]), wanted)
+        found: dict[str, int] = {}
+        for (stack, rng, url), data in zip(wanted, answers):
+            if data is not None:
+                out[glyph_path(stack, rng)] = data
+                found[stack] = found.get(stack, 0) + 1
+            elif stack in listed:
+                missing.append(f"glyph range {rng} of font {stack!r} ({url})")
+    for stack in stacks:
+        if stack not in listed and not found.get(stack):
+            missing.append(f"font {stack!r}: no glyph range found under {template}")
+
+
 def collect_resources(service_url: str, style_url: str, fetch: Fetch
                       ) -> dict[str, bytes]:
     """Everything the default style needs, by path below ``resources/``; ExportError naming
@@ -194,18 +217,7 @@ def collect_resources(service_url: str, style_url: str, fetch: Fetch
         missing.append(f"glyphs for fonts {', '.join(refs.fonts)} (the style has no glyphs URL)")
     elif refs.fonts:
         listed = _listed_ranges(fetch(urljoin(service_url.rstrip("/") + "/", "resources/info")))
-        for stack in refs.fonts:
-            found = 0
-            for rng in listed.get(stack) or _RANGES:
-                url = refs.glyphs.replace("{fontstack}", quote(stack)).replace("{range}", rng)  # type: ignore[union-attr]
-                data = fetch(url)
-                if data is not None:
-                    out[glyph_path(stack, rng)] = data
-                    found += 1
-                elif stack in listed:
-                    missing.append(f"glyph range {rng} of font {stack!r} ({url})")
-            if not found and stack not in listed:
-                missing.append(f"font {stack!r}: no glyph range found under {refs.glyphs}")
+        _glyphs(refs.glyphs, refs.fonts, listed, fetch, out, missing)  # type: ignore[arg-type]
     if missing:
         raise ExportError("the style's resources are incomplete: " + "; ".join(missing))
     out["styles/root.json"] = json.dumps(package_style(style, service_url, style_url),
