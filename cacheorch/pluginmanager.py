@@ -59,6 +59,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cacheorch.plugins.export_rest_tiles",
     "cacheorch.plugins.export_arcpy",
     "cacheorch.plugins.export_vtpk",
+    "cacheorch.plugins.vector_package",
 )
 
 #: hook name → (registry kind label, base class)

@@ -548,6 +548,70 @@ class TestVectorTileSource(TileSourceContract):
         return [TileKey(3, 0, 0), TileKey(4, 9, 9)]  # absent by the tilemap, below a leaf
 
 
+def _vector_request(output: Path, scheme, levels, mode: str = "create"):
+    """An export request for the loopback vector layer, its resources read from memory."""
+    from urllib.parse import unquote
+
+    from _vectorserver import VectorTileServer, service_json
+
+    from cacheorch.interfaces import ExportRequest
+    from cacheorch.vector.service import vector_service_from_json
+    resources = VectorTileServer().resources
+    location = "http://contract/arcgis/rest/services/C/VectorTileServer"
+    service = vector_service_from_json(location, service_json(), lambda url: resources.get(
+        unquote(url.split("/resources/", 1)[-1])))
+    return ExportRequest(output=output, service=service, scheme=scheme.with_levels(levels),
+                         levels=tuple(scheme.lod(n) for n in levels), mode=mode,  # type: ignore[arg-type]
+                         title="Contract")
+
+
+def _vector_package(folder: Path) -> Path:
+    """A .vtpk of the loopback layer's tiles (levels 0-3), written by the vtpk exporter."""
+    import gzip
+
+    from _vectorserver import DEFAULT_TILES, mvt_tile, service_json
+
+    from cacheorch.plugins.export_vtpk import VtpkExporter
+    from cacheorch.vector.service import vector_service_from_json
+    scheme = vector_service_from_json("http://contract/x/VectorTileServer", service_json()).scheme
+    out = folder / "layer.vtpk"
+    session = VtpkExporter().open(_vector_request(out, scheme, [0, 1, 2, 3]))
+    for level in range(4):
+        sink = session.open_bundle(level, 0, 0)
+        for _, row, col in [k for k in DEFAULT_TILES if k[0] == level]:
+            sink.add(row, col, gzip.compress(mvt_tile(level, row, col), mtime=0))
+        sink.close()
+    session.commit()
+    session.discard()
+    return out
+
+
+class TestVectorPackageScaleSource(ScaleSourceContract):
+    plugin = _Lazy("vector_package", "VectorPackageScaleSource")
+    bad_locations = ("/nonexistent/cacheorch-contract/layer.vtpk",)
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> str:
+        return str(_vector_package(tmp_path))
+
+
+class TestVectorPackageTileSource(TileSourceContract):
+    plugin = _Lazy("vector_package", "VectorPackageTileSource")
+
+    @pytest.fixture
+    def service(self, tmp_path: Path, connection) -> Service:
+        from cacheorch.plugins.vector_package import VectorPackageScaleSource
+        return VectorPackageScaleSource().read(str(_vector_package(tmp_path)), connection)
+
+    @pytest.fixture
+    def present_keys(self) -> Sequence[TileKey]:
+        return [TileKey(3, r, c) for r in (2, 3) for c in (2, 3)] + [TileKey(0, 0, 0)]
+
+    @pytest.fixture
+    def absent_keys(self) -> Sequence[TileKey]:
+        return [TileKey(3, 0, 0), TileKey(2, 3, 0)]
+
+
 class TestVtpkExporter(ExporterContract):
     """Vector tiles (gzip MVT) on the 512-px vector scheme, read back through the package."""
 
@@ -561,22 +625,7 @@ class TestVtpkExporter(ExporterContract):
         return vector_service_from_json("http://contract/x/VectorTileServer", service_json()).scheme
 
     def request(self, output: Path, scheme, mode: str = "create"):
-        from _vectorserver import VectorTileServer, service_json
-
-        from cacheorch.interfaces import ExportRequest
-        from cacheorch.vector.service import vector_service_from_json
-        resources = VectorTileServer().resources
-        location = "http://contract/arcgis/rest/services/C/VectorTileServer"
-
-        def fetch(url: str) -> bytes | None:
-            from urllib.parse import unquote
-            return resources.get(unquote(url.split("/resources/", 1)[-1]))
-
-        service = vector_service_from_json(location, service_json(), fetch)
-        levels = sorted(self.levels)
-        return ExportRequest(output=output, service=service, scheme=scheme.with_levels(levels),
-                             levels=tuple(scheme.lod(n) for n in levels), mode=mode,  # type: ignore[arg-type]
-                             title="Contract")
+        return _vector_request(output, scheme, sorted(self.levels), mode)
 
     def tiles(self, scheme):
         import gzip

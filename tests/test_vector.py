@@ -332,3 +332,27 @@ def test_glyph_ranges_are_probed_when_the_service_lists_no_resources(cli, tmp_pa
         fonts = sorted(n for n in zf.namelist() if n.startswith("p12/resources/fonts/") and
                        n.endswith(".pbf"))
     assert fonts == [f"p12/resources/fonts/{FONT}/{rng}.pbf" for rng in RANGES]
+
+
+def test_a_vtpk_is_a_source_converted_offline_to_mbtiles_and_subset(cli, server, tmp_path):
+    out = tmp_path / "s.vtpk"
+    assert cli("run", "--service", server.url, "--levels", LEVELS, "--exporter", "vtpk",
+               "--output", str(out)).code == 0
+    before = server.tile_requests()
+    scales = cli("scales", str(out))
+    assert scales.code == 0 and "VectorTileServer" in scales.stdout
+    mbtiles = tmp_path / "s.mbtiles"
+    assert cli("run", "--service", str(out), "--levels", LEVELS, "--exporter", "mbtiles",
+               "--output", str(mbtiles)).code == 0
+    assert {str(n) for n, _ in pyogrio.list_layers(mbtiles)} == {"water", "roads", "places"}
+    sub = tmp_path / "sub.vtpk"
+    result = cli("run", "--service", str(out), "--levels", "2-3", "--exporter", "vtpk",
+                 "--output", str(sub))
+    assert result.code == 0, result.stderr
+    assert server.tile_requests() == before  # nothing asked of the server
+    assert set(vtpk_tiles(sub)) == {k for k in DEFAULT_TILES if k[0] >= 2}
+    with zipfile.ZipFile(out) as a, zipfile.ZipFile(sub) as b:
+        for name in a.namelist():
+            if "/resources/" in name and not name.endswith("/"):
+                assert a.read(name) == b.read(name), name
+    assert cli("verify", str(sub)).code == 0

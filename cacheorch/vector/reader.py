@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from cacheorch.errors import FormatError
+from cacheorch.errors import CacheorchError, FormatError
 from cacheorch.formats.bundle import BundleReader, bundle_name, level_folder, parse_bundle_name
 from cacheorch.formats.mbtiles import tms_row
 from cacheorch.formats.sqlitetiles import connect_readonly, is_sqlite
@@ -120,8 +120,14 @@ class VtpkReader(VectorOutput):
         if raw is None:
             self.files.close()
             raise FormatError(f"{path}: not a vector tile cache (no root.json)")
-        self.root = _json(raw, f"{self.files.where}root.json")
-        self.service = vector_service_from_json(str(path), self.root)
+        try:
+            self.root = _json(raw, f"{self.files.where}root.json")
+            self.service = vector_service_from_json(str(path), self.root)
+        except CacheorchError as exc:
+            self.files.close()
+            said = str(exc).removeprefix(str(path)).lstrip(": ")
+            raise FormatError(f"{path}: a vector tile package whose root.json is unusable "
+                              f"({said})") from None
         self._readers: dict[str, BundleReader | None] = {}
         self._lock = threading.Lock()
 
