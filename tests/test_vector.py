@@ -100,7 +100,7 @@ def test_vtpk_holds_every_tile_as_served_with_style_sprites_glyphs(cli, server, 
     assert style["glyphs"] == "../fonts/{fontstack}/{range}.pbf"
     assert style["sources"]["esri"] == {"type": "vector", "url": "../../"}
     assert index == server.index
-    assert (root["minLOD"], root["maxLOD"]) == (0, 3)
+    assert (root["minLOD"], root["maxLOD"], root["maxzoom"]) == (0, 15, 3)  # the whole table
     assert root["resourceInfo"]["cacheInfo"]["storageInfo"]["packetSize"] == 128
     assert root["tileInfo"]["rows"] == 512
     verify = cli("verify", str(out))

@@ -31,8 +31,12 @@ ROOT = "p12"
 def vtpk_root_json(service: VectorService, levels: Sequence[int], extent: Envelope | None
                    ) -> dict[str, Any]:
     """The service JSON as the package's ``p12/root.json``: relative tile template, tilemap and
-    style paths, the packaged levels as minLOD..maxLOD, Compact V2 storage with packetSize 128
-    (QGIS divides by it), gzip tiles. Every LOD of the scheme stays listed, so clients overzoom."""
+    style paths, Compact V2 storage with packetSize 128 (QGIS divides by it), gzip tiles.
+
+    Every LOD of the scheme stays listed with minLOD..maxLOD spanning them all, and ``maxzoom``
+    says the deepest packaged level, as a writer tested with ArcGIS Pro does (swisstopo's
+    mbtiles2vtpk: Pro resolves scales against the whole table and overzooms past ``maxzoom``).
+    """
     out = {k: v for k, v in service.source_json.items()
            if k not in ("exportTilesAllowed", "maxExportTilesCount", "tileServers")}
     scheme = service.scheme
@@ -41,8 +45,8 @@ def vtpk_root_json(service: VectorService, levels: Sequence[int], extent: Envelo
         "currentVersion": out.get("currentVersion", 10.91), "name": service.name,
         "capabilities": "TilesOnly", "type": out.get("type", "indexedVector"),
         "tileMap": "tilemap", "defaultStyles": "resources/styles",
-        "tiles": [DEFAULT_TILE_TEMPLATE], "minLOD": min(levels), "maxLOD": max(levels),
-        "maxzoom": max(levels),
+        "tiles": [DEFAULT_TILE_TEMPLATE], "minLOD": scheme.levels[0],
+        "maxLOD": scheme.levels[-1], "maxzoom": max(levels),
         "tileInfo": {"rows": scheme.tile_rows, "cols": scheme.tile_cols, "dpi": scheme.dpi,
                      "format": "pbf", "origin": {"x": scheme.origin_x, "y": scheme.origin_y},
                      "spatialReference": sr, "lods": [lod.to_json() for lod in scheme.lods]},
@@ -87,7 +91,8 @@ def item_pkinfo(name: str, guid: str) -> bytes:
             f"<name>{escape(name)}</name>\n<version>2.6</version>\n<size>-1</size>\n"
             f"<created>{created}</created>\n<type>Vector Tile Package</type>\n"
             f"<servable>false</servable>\n<packagelocation></packagelocation>\n"
-            f"<pkinfolocation></pkinfolocation>\n</pkinfo>\n").encode("utf-8")
+            f"<pkinfolocation></pkinfolocation>\n<documenttypes>\n<documenttype>Lyr"
+            f"</documenttype>\n</documenttypes>\n</pkinfo>\n").encode("utf-8")
 
 
 def new_guid() -> str:

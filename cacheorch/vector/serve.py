@@ -121,6 +121,13 @@ class VectorServer:
         self._httpd.daemon_threads = True
 
     @property
+    def levels(self) -> tuple[int, int]:
+        """The first and last level holding tiles (MapLibre overzooms past the last)."""
+        scheme = self.output.service.scheme
+        tiled = scheme.tiled_levels or scheme.levels
+        return tiled[0], tiled[-1]
+
+    @property
     def root_url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
@@ -162,7 +169,7 @@ class VectorServer:
             name = path.rsplit("/", 1)[1]
             return 200, STATIC[name], files("cacheorch.vector").joinpath("static", name).read_bytes(), {}
         if path == "/preview/style.json":
-            lo, hi = int(self.service.get("minLOD", 0)), int(self.service.get("maxLOD", 0))
+            lo, hi = self.levels
             style = maplibre_style(self.style, f"http://{host}{self.prefix}", lo, hi)
             return 200, "application/json", json.dumps(style).encode(), {}
         if not (path == self.prefix or path.startswith(self.prefix + "/")):
@@ -198,7 +205,7 @@ class VectorServer:
         return 200, kind, data, {}
 
     def _preview(self, host: str) -> tuple[int, str, bytes, dict[str, str]]:
-        lo = int(self.service.get("minLOD", 0))
+        lo = self.levels[0]
         extent = self.service.get("fullExtent") or {}
         center = (0.0, 0.0)
         if all(k in extent for k in ("xmin", "ymin", "xmax", "ymax")):
@@ -253,8 +260,8 @@ def run_vector_server(path: str | Path, host: str, port: int, name: str | None,
     """The ``serve`` command for a vector output: say where, then serve until Ctrl-C."""
     server = VectorServer(path, host, port, name)
     try:
-        echo(f"Serving {server.path} (vector tiles, levels {server.service.get('minLOD')}-"
-             f"{server.service.get('maxLOD')}) at")
+        echo(f"Serving {server.path} (vector tiles, levels {server.levels[0]}-"
+             f"{server.levels[1]}) at")
         echo(f"  {server.url}")
         echo(f"Preview in a browser: {server.root_url}/")
         echo("Press Ctrl-C to stop.")

@@ -128,6 +128,15 @@ def _int_or_none(value: Any) -> int | None:
     return int(value)
 
 
+def _deepest(data: dict[str, Any]) -> int | None:
+    """The deepest level with tiles: ``maxLOD``, lowered to ``maxzoom`` when that is smaller
+    (packages list the whole LOD table and say with ``maxzoom`` where their tiles stop)."""
+    max_lod, max_zoom = _int_or_none(data.get("maxLOD")), _int_or_none(data.get("maxzoom"))
+    if max_lod is None or max_zoom is None:
+        return max_lod if max_lod is not None else None
+    return min(max_lod, max_zoom)
+
+
 def vector_service_from_json(location: str, data: Any,
                              fetch: Callable[[str], bytes | None] | None = None) -> VectorService:
     """Parse a VectorTileServer JSON (or a vtpk's root.json, with ``location`` its folder)."""
@@ -143,7 +152,7 @@ def vector_service_from_json(location: str, data: Any,
         dict(info, format="pbf"), location,
         full_extent=Envelope.from_json(data.get("fullExtent")),
         initial_extent=Envelope.from_json(data.get("initialExtent")),
-        min_lod=_int_or_none(data.get("minLOD")), max_lod=_int_or_none(data.get("maxLOD")),
+        min_lod=_int_or_none(data.get("minLOD")), max_lod=_deepest(data),
         name=str(data.get("name") or "Layers"))
     base = location.rstrip("/") + "/"
     tiles = data.get("tiles")

@@ -108,17 +108,19 @@ def _index_defects(output: VtpkReader, present: set[Key], levels: range) -> list
 
 def _verify_vtpk(output: VtpkReader, report: VerifyReport) -> None:
     report.storage = f"vtpk (Compact V2 bundles, tiles decoded with {decoder_name()})"
-    root = output.root
-    lo, hi = int(root.get("minLOD", 0)), int(root.get("maxLOD", 0))
+    scheme = output.service.scheme
+    tiled = scheme.tiled_levels or scheme.levels
+    lo, hi = tiled[0], tiled[-1]
     present: set[Key] = set()
-    for level, brow, bcol, member in output.bundle_members():
+    members = output.bundle_members()
+    for level, brow, bcol, member in members:
         where = f"{level_folder(level)}/{bundle_name(brow, bcol)}"
         sink = BundleSink(where)
         tally = report.levels.setdefault(level, LevelTally())
         tally.bundles += 1
         if not lo <= level <= hi:
-            report.defects.append(Defect(where, f"level {level} is outside minLOD..maxLOD "
-                                                f"{lo}..{hi} of root.json"))
+            report.defects.append(Defect(where, f"level {level} is outside the levels "
+                                                f"{lo}..{hi} root.json says hold tiles"))
         try:
             span = output.span(member)
         except FormatError as exc:
@@ -132,7 +134,8 @@ def _verify_vtpk(output: VtpkReader, report: VerifyReport) -> None:
             present.add((level, row, col))
             _check_tile(data, row, col, sink, layers)
         report.defects.extend(sink.defects())
-    report.defects.extend(_index_defects(output, present, range(lo, hi + 1)))
+    first = min((m[0] for m in members), default=lo)  # ancestors above it are index-only
+    report.defects.extend(_index_defects(output, present, range(max(lo, first), hi + 1)))
     report.defects.extend(style_defects(output))
 
 
