@@ -53,6 +53,8 @@ class RestExportTilesExporter(DelegatedExporter):
 
     name = "rest-export-tiles"
     extension = ".tpkx"
+    #: What a vector tile layer's export is (the default output's extension then).
+    vector_extension = ".vtpk"
     Options = RestExportTilesOptions
 
     def __init__(self, options: Any | None = None) -> None:
@@ -124,7 +126,7 @@ class RestExportTilesExporter(DelegatedExporter):
         sr = plan.service.scheme.spatial_reference
         storage, extension = self.storage, self.extension
         if is_vector_scheme(plan.service.scheme):  # a vector tile layer exports a .vtpk
-            storage, extension = VECTOR, ".vtpk"
+            storage, extension = VECTOR, self.vector_extension
             if len(pieces) > 1:
                 raise ExportError(f"this vector export needs {len(pieces)} exportTiles jobs "
                                   f"(area tiers or maxExportTilesCount) and vtpk packages cannot "

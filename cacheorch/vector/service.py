@@ -196,12 +196,16 @@ def standard_vector_json(name: str, min_lod: int, max_lod: int, max_level: int =
 
 def check_exporter(service: Service, exporter: Any) -> None:
     """UsageError, at plan time, when ``exporter`` cannot hold ``service``'s kind of tiles: pbf
-    tiles in a tpkx or GeoPackage would make an output no client reads."""
+    tiles in a tpkx or GeoPackage would make an output no client reads. An exporter whose
+    output for a vector layer is another kind of file names it in ``vector_extension``, and its
+    ``extension`` (the default output's) becomes that."""
     from cacheorch.errors import UsageError
 
     name = str(getattr(exporter, "name", ""))
     vector = is_vector_scheme(service.scheme)
     takes_vector = getattr(exporter, "vector_tiles", name in VECTOR_EXPORTERS)
+    if vector and getattr(exporter, "vector_extension", None):
+        exporter.extension = exporter.vector_extension  # rest-export-tiles: the server's .vtpk
     if vector and not takes_vector:
         raise UsageError(f"{service.location} is a vector tile layer; exporter {name} writes "
                          f"raster tiles (use {', '.join(sorted(VECTOR_EXPORTERS))})")
