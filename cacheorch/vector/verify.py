@@ -44,7 +44,7 @@ def style_defects(output: VtpkReader) -> list[Defect]:
     """Every reference of the packaged style that does not resolve inside the package."""
     raw = output.resource("styles/root.json")
     if raw is None:
-        return [Defect("style", f"no {ROOT}/resources/styles/root.json")]
+        return [Defect("style", "no resources/styles/root.json")]
     try:
         style = json.loads(raw)
     except ValueError:
@@ -83,15 +83,15 @@ def style_defects(output: VtpkReader) -> list[Defect]:
             target = urljoin(_STYLE_BASE, str(source.get("url") or ""))
             if target.rstrip("/") != f"http://package/{ROOT}":
                 out.append(Defect("style", f"source {name!r} points to {source.get('url')!r}, "
-                                           f"not the package's tiles ({ROOT}/)"))
+                                           "not the package's tiles"))
     return out
 
 
 def _index_defects(output: VtpkReader, present: set[Key], levels: range) -> list[Defect]:
     data = output.index()
     if data is None:
-        return [Defect("tilemap", f"no {ROOT}/tilemap/root.json; clients cannot tell leaves "
-                                  f"from holes")]
+        return [Defect("tilemap", "no tilemap/root.json; clients cannot tell leaves "
+                                  "from holes")]
     try:
         index = QuadIndex.parse(data, "tilemap")
     except ValueError as exc:
