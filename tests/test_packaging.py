@@ -27,6 +27,8 @@ def test_wheel_has_one_top_level_package(tmp_path: Path) -> None:
     for path in sorted((ROOT / "migrations").rglob("*.py")):
         assert f"cacheorch/migrations/{path.relative_to(ROOT / 'migrations').as_posix()}" in names
     assert "cacheorch/migrations/script.py.mako" in names
+    for name in ("maplibre-gl.js", "maplibre-gl.css", "maplibre-gl.LICENSE.txt"):  # vector preview
+        assert f"cacheorch/vector/static/{name}" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "cacheorch = cacheorch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
