@@ -181,6 +181,7 @@ class VectorTileServer:
     :param bad_tiles: keys answered with bytes that are gzip but not MVT.
     :param tilemap_extra: keys the tilemap lists although the server answers 404 for them.
     :param drop: resource paths (below ``resources/``) answered 404 (a sprite, a glyph range).
+    :param tile_info: another ``tileInfo`` (a grid other than Web Mercator).
     :param export: say ``exportTilesAllowed`` and run exportTiles jobs (one job, ``j1_et``, whose
         package holds the asked levels' tiles; parameters kept in ``export_params``).
     """
@@ -188,13 +189,19 @@ class VectorTileServer:
     def __init__(self, tiles: Iterable[Key] = DEFAULT_TILES, *, name: str = "Streets",
                  encoding: str = "gzip", token: str | None = None, bad_tiles: Iterable[Key] = (),
                  tilemap_extra: Iterable[Key] = (), drop: Iterable[str] = (),
-                 max_level: int = 3, export: bool = False, font: str = FONT) -> None:
+                 max_level: int = 3, export: bool = False, font: str = FONT,
+                 tile_info: dict[str, Any] | None = None) -> None:
         self.keys = tuple(tiles)
         self.raw = {key: mvt_tile(*key) for key in self.keys}
         self.name, self.encoding, self.token = name, encoding, token
         self.bad_tiles, self.drop = set(bad_tiles), set(drop)
         self.index = tilemap_index(set(self.keys) | set(tilemap_extra))
         self.service = service_json(max_level, export=export)
+        if tile_info is not None:  # another grid (the tiles keep their addresses)
+            self.service["tileInfo"] = tile_info
+            for key in ("fullExtent", "initialExtent"):
+                self.service[key] = dict(self.service[key], spatialReference=tile_info[
+                    "spatialReference"])
         self.export = export
         #: Parameters of every exportTiles request.
         self.export_params: list[dict[str, str]] = []

@@ -356,3 +356,29 @@ def test_a_vtpk_is_a_source_converted_offline_to_mbtiles_and_subset(cli, server,
             if "/resources/" in name and not name.endswith("/"):
                 assert a.read(name) == b.read(name), name
     assert cli("verify", str(sub)).code == 0
+
+
+def test_a_non_web_mercator_layer_goes_to_vtpk_and_is_refused_by_mbtiles(cli, tmp_path):
+    """EPSG:3978 as in QGIS's ESRI fixture (spec §1.2): vtpk keeps any grid, MBTiles cannot."""
+    res0 = 135373.49015576235
+    tile_info = {"rows": 512, "cols": 512, "dpi": 96, "format": "pbf",
+                 "origin": {"x": -34655613.4787, "y": 38474944.6448},
+                 "spatialReference": {"wkid": 3978, "latestWkid": 3978},
+                 "lods": [{"level": z, "resolution": res0 / 2 ** z,
+                           "scale": res0 / 2 ** z * 96 * 39.37} for z in range(0, 15)]}
+    with VectorTileServer(tile_info=tile_info) as srv:
+        out = tmp_path / "canada.vtpk"
+        result = cli("run", "--service", srv.url, "--levels", LEVELS, "--exporter", "vtpk",
+                     "--output", str(out))
+        assert result.code == 0, result.stderr + result.stdout
+        refused = cli("run", "--service", srv.url, "--levels", LEVELS, "--exporter", "mbtiles",
+                      "--output", str(tmp_path / "canada.mbtiles"))
+    assert refused.code != 0 and "Web Mercator" in refused.stderr + refused.stdout
+    assert not (tmp_path / "canada.mbtiles").exists()
+    tiles = vtpk_tiles(out)
+    assert tiles and all(gzip.decompress(d) == srv.served(k) for k, d in tiles.items())
+    with zipfile.ZipFile(out) as zf:
+        root = json.loads(zf.read("p12/root.json"))
+    assert root["tileInfo"]["spatialReference"]["wkid"] == 3978
+    assert root["tileInfo"]["origin"] == {"x": -34655613.4787, "y": 38474944.6448}
+    assert cli("verify", str(out)).code == 0
