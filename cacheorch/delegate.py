@@ -199,7 +199,10 @@ def place_output(source: Path, output: Path, mode: str) -> Path:
 def level_counts(output: Path) -> dict[int, tuple[int, int]]:
     """Tiles and bytes per level of a finished output, read with cacheorch's cache reader."""
     from cacheorch.formats.cache import open_cache
+    from cacheorch.vector.reader import is_vector_output, vector_level_counts
 
+    if is_vector_output(output):  # a .vtpk from a vector tile layer's exportTiles
+        return vector_level_counts(output)
     counts: dict[int, tuple[int, int]] = {}
     with open_cache(output) as cache:
         for level, brow, bcol in cache.bundle_keys():

@@ -35,11 +35,15 @@ from cacheorch.net import describe
 from cacheorch.tiling import SpatialReference, format_levels
 
 __all__ = ["Polling", "Estimate", "ResultFile", "ExportTilesClient", "feature_set",
-           "polygon_json", "levels_param", "STORAGE_FORMATS", "OnMessage"]
+           "polygon_json", "levels_param", "STORAGE_FORMATS", "OnMessage", "VECTOR"]
 
 log = logging.getLogger(__name__)
 
+#: What an export job's result file may be: raster packages, and a vector layer's .vtpk.
+_PACKAGES = (".tpk", ".tpkx", ".vtpk")
 #: ``storageFormatType`` → the package extension it produces (spec §3.1).
+#: ``storage`` of a vector tile layer's export (a .vtpk; the operation takes no storage format).
+VECTOR = "vtpk"
 STORAGE_FORMATS = {"esriMapCacheStorageModeCompactV2": ".tpkx",
                    "esriMapCacheStorageModeCompact": ".tpk"}
 _SUCCEEDED = "esriJobSucceeded"
@@ -295,7 +299,7 @@ class ExportTilesClient:
         if not isinstance(value, str) or not value:
             raise ExportError(f"job {job_id} succeeded but names no result "
                               f"(neither output.outputUrl nor results/out_service_url)")
-        if _file_name(value).lower().endswith((".tpk", ".tpkx")):
+        if _file_name(value).lower().endswith(_PACKAGES):
             return [ResultFile(value, None, _file_name(value))]
         listing = self._json("GET", value, {})
         files = []
@@ -306,7 +310,7 @@ class ExportTilesClient:
             files.append(ResultFile(urljoin(value.rstrip("/") + "/", str(entry["url"])),
                                     int(size) if isinstance(size, (int, float)) else None,
                                     str(entry.get("name") or _file_name(str(entry["url"])))))
-        packages = [f for f in files if f.name.lower().endswith((".tpk", ".tpkx"))] or files
+        packages = [f for f in files if f.name.lower().endswith(_PACKAGES)] or files
         if not packages:
             folders = listing.get("folders") or []
             raise ExportError(f"job {job_id}: the result folder {self._shown(value)} lists no "
@@ -380,6 +384,13 @@ class ExportTilesClient:
 
     def _params(self, levels: Sequence[int], area: BaseGeometry, sr: SpatialReference,
                 storage: str) -> dict[str, Any]:
+        if storage == VECTOR:  # VectorTileServer exportTiles (vector spec §4.1)
+            xmin, ymin, xmax, ymax = area.bounds
+            envelope = {"xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax,
+                        "spatialReference": sr.to_json()}
+            return {"exportBy": "levelId", "levels": levels_param(levels),
+                    "exportExtent": json.dumps(envelope, separators=(",", ":")),
+                    "polygon": json.dumps(polygon_json(area, sr), separators=(",", ":"))}
         return {"tilePackage": "true", "exportBy": "LevelID", "levels": levels_param(levels),
                 "storageFormatType": storage,
                 "areaOfInterest": json.dumps(feature_set(area, sr), separators=(",", ":"))}

@@ -562,6 +562,8 @@ class TileFetchEngine:
         to retry with, carrying a renewed token, or None to fail the tile. It runs in a worker
         thread, so it may block on a token service while other requests go on; each tile is
         re-authorised at most once. An exception it raises ends the fetch.
+    :param accept: whether a 200 body is a tile (default: an image's magic bytes); a vector
+        tile source passes its own test, and ``accept_label`` names what was expected.
     """
 
     def __init__(self, *, workers: int = 8, headers: dict[str, str] | None = None,
@@ -570,7 +572,9 @@ class TileFetchEngine:
                  ssl_context: ssl.SSLContext | None = None, max_redirects: int = 5,
                  reauth: Callable[[str], str | None] | None = None,
                  max_rps: float | None = None, failure_rate: float | None = None,
-                 failure_window: int = 200, network: NetworkSettings | None = None) -> None:
+                 failure_window: int = 200, network: NetworkSettings | None = None,
+                 accept: Callable[[bytes], bool] = is_image,
+                 accept_label: str = "an image") -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._limiter = RateLimiter(max_rps) if max_rps else None
@@ -589,6 +593,7 @@ class TileFetchEngine:
         self.redact = redact
         self.max_redirects = max_redirects
         self.reauth = reauth
+        self.accept, self.accept_label = accept, accept_label
         hdrs = {"User-Agent": USER_AGENT, "Accept": "*/*"}
         hdrs.update(headers or {})
         self._header_block = _header_block(hdrs)
@@ -877,7 +882,7 @@ class TileFetchEngine:
                     count(True)
                     return "missing", None, None
                 body = resp.body
-                if is_image(body):
+                if self.accept(body):
                     count(True)
                     return "ok", body, None
                 arcgis = _arcgis_error(body)
@@ -897,7 +902,7 @@ class TileFetchEngine:
                     return "failed", None, self._fail(message, attempt)
                 ctype = resp.headers.get(b"content-type", b"no content type").decode("latin-1")
                 ctype = ctype.split(";")[0].strip()
-                message = f"not an image ({ctype}, {len(body)} bytes)"
+                message = f"not {self.accept_label} ({ctype}, {len(body)} bytes)"
                 count(False, message)
                 return "failed", None, self.redact(message)
             if status == 404 or status == 204:

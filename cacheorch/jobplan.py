@@ -327,6 +327,8 @@ def make_plan(plugins: Plugins, spec: JobSpec, connection: Connection,
                             f"{spec.exporter.where} ({spec.exporter.name})")
     if service is None:
         service = read_service(plugins, spec.service, spec.source, connection)
+    from cacheorch.vector.service import check_exporter
+    check_exporter(service, exporter)  # vector tiles only into formats that hold them
     tile_source = _pick(plugins.tile_sources, None, service.location, "tile source") \
         if fetching else None
     areas = _Areas(plugins, service, spec.areas, connection)

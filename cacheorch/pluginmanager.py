@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cacheorch.plugins.scales_status_gdb",  # before conf: a Status.gdb sits inside a cache folder
     "cacheorch.plugins.scales_conf",
     "cacheorch.plugins.scales_defaults",
+    "cacheorch.plugins.scales_vector",
     "cacheorch.plugins.policy_levels",
     "cacheorch.plugins.policy_scale_range",
     "cacheorch.plugins.policy_snap",
@@ -48,6 +49,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cacheorch.plugins.aoi_buffer",
     "cacheorch.plugins.tiles_rest",
     "cacheorch.plugins.tiles_cache",
+    "cacheorch.plugins.tiles_vector",
     "cacheorch.plugins.export_compact_v2",
     "cacheorch.plugins.export_tpkx",
     "cacheorch.plugins.export_tpk",
@@ -56,6 +58,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cacheorch.plugins.export_exploded",
     "cacheorch.plugins.export_rest_tiles",
     "cacheorch.plugins.export_arcpy",
+    "cacheorch.plugins.export_vtpk",
+    "cacheorch.plugins.vector_package",
 )
 
 #: hook name → (registry kind label, base class)

@@ -670,6 +670,10 @@ def _open(path: Path) -> TileCache:
 def run_server(cache: str | Path, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
                echo: Callable[[str], Any] = print) -> None:
     """The ``serve`` command: print where the service is, then serve until Ctrl-C."""
+    from cacheorch.vector.reader import is_vector_output
+    if is_vector_output(cache):  # .vtpk, pbf MBTiles: served as a VectorTileServer
+        from cacheorch.vector.serve import run_vector_server
+        return run_vector_server(cache, host, port, name, echo)
     server = CacheServer(cache, host=host, port=port, service_name=name)
     try:
         service = server.service

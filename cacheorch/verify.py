@@ -508,6 +508,10 @@ def verify_output(path: str | os.PathLike[str]) -> VerifyReport:
         from cacheorch.formats.sqlitetiles import is_sqlite
         if is_sqlite(target):
             _check_sqlite(target, report)
+    from cacheorch.vector.reader import is_vector_output
+    if is_vector_output(target):  # .vtpk, pbf MBTiles: tiles decoded, style and index checked
+        from cacheorch.vector.verify import verify_vector
+        return verify_vector(target, report)
     try:
         cache = open_cache(target)
     except CacheorchError as exc:

@@ -84,6 +84,9 @@ class CompactV2Exporter(Exporter):
     extension = None
 
     def open(self, request: ExportRequest) -> ExportSession:
+        if request.service.scheme.tile_format.lower() == "pbf":  # a vector tile layer
+            from cacheorch.plugins.export_vtpk import VectorFolderSession
+            return VectorFolderSession(request)
         return CompactV2Session(request)
 
 

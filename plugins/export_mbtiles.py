@@ -52,6 +52,9 @@ class MBTilesExporter(Exporter):
         pass
 
     def open(self, request: ExportRequest) -> ExportSession:
+        if request.service.scheme.tile_format.lower() == "pbf":  # a vector tile layer
+            from cacheorch.vector.mbtiles import open_vector_mbtiles
+            return open_vector_mbtiles(request)
         check_scheme(request.service.scheme, request.levels)
         return MBTilesSession(request, MBTilesStore(), skip_blank=self.options.skip_blank)
 

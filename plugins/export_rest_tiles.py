@@ -19,9 +19,10 @@ from cacheorch.connection import Connection
 from cacheorch.delegate import Tier, area_tiers, export_request, merge_packages, place_output, \
     split_tier
 from cacheorch.errors import ExportError, ServiceError, UsageError
-from cacheorch.exporttiles import STORAGE_FORMATS, ExportTilesClient, Polling
+from cacheorch.exporttiles import STORAGE_FORMATS, VECTOR, ExportTilesClient, Polling
 from cacheorch.interfaces import DelegatedExporter, DelegateReport, Exporter, staging_path
 from cacheorch.jobplan import JobPlan
+from cacheorch.vector.service import is_vector_scheme
 
 __all__ = ["RestExportTilesExporter", "DEFAULT_MAX_EXPORT_TILES", "cacheorch_register_exporters"]
 
@@ -52,6 +53,8 @@ class RestExportTilesExporter(DelegatedExporter):
 
     name = "rest-export-tiles"
     extension = ".tpkx"
+    #: What a vector tile layer's export is (the default output's extension then).
+    vector_extension = ".vtpk"
     Options = RestExportTilesOptions
 
     def __init__(self, options: Any | None = None) -> None:
@@ -94,6 +97,8 @@ class RestExportTilesExporter(DelegatedExporter):
 
     def estimate(self, plan: JobPlan, connection: Connection) -> dict[str, Any] | None:
         self._check(plan)
+        if is_vector_scheme(plan.service.scheme):  # VectorTileServer documents no estimate
+            return None
         client = self._client(plan, connection)
         sr = plan.service.scheme.spatial_reference
         tiles = size = 0
@@ -119,6 +124,14 @@ class RestExportTilesExporter(DelegatedExporter):
         pieces = self.pieces(plan)
         client = self._client(plan, connection)
         sr = plan.service.scheme.spatial_reference
+        storage, extension = self.storage, self.extension
+        if is_vector_scheme(plan.service.scheme):  # a vector tile layer exports a .vtpk
+            storage, extension = VECTOR, self.vector_extension
+            if len(pieces) > 1:
+                raise ExportError(f"this vector export needs {len(pieces)} exportTiles jobs "
+                                  f"(area tiers or maxExportTilesCount) and vtpk packages cannot "
+                                  f"be merged yet; export one area tier at a time, or use "
+                                  f"--exporter vtpk")
         staging = staging_path(report.output)
         staging.mkdir(parents=True, exist_ok=True)
         if len(pieces) > 1:
@@ -127,11 +140,11 @@ class RestExportTilesExporter(DelegatedExporter):
                 for p in pieces), source="cacheorch")
         downloaded: list[Path] = []
         for i, piece in enumerate(pieces):
-            dest = staging / f"piece-{i:03d}{self.extension}"
+            dest = staging / f"piece-{i:03d}{extension}"
             if dest.is_file():  # a resume: this piece was fetched whole before
                 report.message(f"reusing {dest.name} from an earlier run", source="cacheorch")
             else:
-                client.export(piece.levels, piece.area, sr, self.storage, dest,
+                client.export(piece.levels, piece.area, sr, storage, dest,
                               lambda text, kind: report.message(text, kind=kind))
             downloaded.append(dest)
             report.progress(piece.tiles)
@@ -151,8 +164,9 @@ def _check_package(path: Path) -> None:
     """Refuse a download that is not a package cacheorch (and so GDAL) can read."""
     from cacheorch.formats.cache import open_cache
     from cacheorch.errors import FormatError
+    from cacheorch.vector.reader import is_vector_output, open_vector
     try:
-        open_cache(path).close()
+        (open_vector if is_vector_output(path) else open_cache)(path).close()
     except FormatError as exc:
         raise ExportError(f"the server's package is not readable: {exc}") from None
 

@@ -25,7 +25,7 @@ from cacheorch.interfaces import ExportRequest, ExportSession, Exporter
 from cacheorch.plugins._staging import StagingSession, export_extent, publish_file, title_of
 from cacheorch.tiling import BUNDLE_SIZE, Envelope, TilingScheme
 
-__all__ = ["TpkxExporter", "TpkxSession", "thumbnail_png", "rendered_thumbnail",
+__all__ = ["TpkxExporter", "TpkxSession", "thumbnail_png", "rendered_thumbnail", "store_file",
            "cacheorch_register_exporters"]
 
 _COPY_CHUNK = 1 << 20
@@ -86,6 +86,16 @@ def _zip_info(name: str, when: float | None = None) -> zipfile.ZipInfo:
     else:
         info.external_attr = 0o644 << 16
     return info
+
+
+def store_file(zf: zipfile.ZipFile, name: str, path: Path) -> None:
+    """Copy a staged file into the package as a STORED member (its mtime kept), in chunks."""
+    stat = path.stat()
+    info = _zip_info(name, stat.st_mtime)
+    info.file_size = stat.st_size
+    with open(path, "rb") as src, \
+            zf.open(info, "w", force_zip64=stat.st_size >= zipfile.ZIP64_LIMIT) as dst:
+        shutil.copyfileobj(src, dst, _COPY_CHUNK)
 
 
 def _remove_dead_packings(output: Path) -> None:
@@ -168,12 +178,7 @@ class TpkxSession(StagingSession):
                     if level_dir not in seen_levels:
                         seen_levels.add(level_dir)
                         zf.writestr(_zip_info(f"tile/{level_dir}/"), b"")
-                    stat = path.stat()
-                    info = _zip_info(f"tile/{level_dir}/{path.name}", stat.st_mtime)
-                    info.file_size = stat.st_size
-                    with open(path, "rb") as src, \
-                            zf.open(info, "w", force_zip64=stat.st_size >= zipfile.ZIP64_LIMIT) as dst:
-                        shutil.copyfileobj(src, dst, _COPY_CHUNK)
+                    store_file(zf, f"tile/{level_dir}/{path.name}", path)
             raw.flush()
             os.fsync(raw.fileno())
 

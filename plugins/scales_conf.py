@@ -23,6 +23,7 @@ from cacheorch.formats.cache import TileCache, open_cache
 from cacheorch.formats.locate import find_ci, local_path, looks_like_cache_path
 from cacheorch.interfaces import ScaleSource, Service
 from cacheorch.tiling import TilingScheme
+from cacheorch.vector.reader import is_vector_output
 
 __all__ = ["ConfScaleSource", "service_of_cache"]
 
@@ -80,7 +81,7 @@ class ConfScaleSource(ScaleSource):
 
     @classmethod
     def accepts(cls, location: str) -> bool:
-        return looks_like_cache_path(location)
+        return looks_like_cache_path(location) and not is_vector_output(location)  # vector-package's
 
     def read(self, location: str, connection: Connection) -> Service:
         path = local_path(location)

@@ -31,7 +31,8 @@ class RestScaleSource(ScaleSource):
 
     @classmethod
     def accepts(cls, location: str) -> bool:
-        return location.lower().startswith(("http://", "https://"))
+        return location.lower().startswith(("http://", "https://")) \
+            and "/vectortileserver" not in location.lower()  # the ``vector`` source's
 
     def read(self, location: str, connection: Connection) -> Service:
         url = clean_location(location)

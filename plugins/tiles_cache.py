@@ -33,6 +33,7 @@ from cacheorch.formats.locate import local_path
 from cacheorch.formats.png import is_image
 from cacheorch.interfaces import Service, TileFetcher, TileResult, TileSource
 from cacheorch.tiling import TileKey
+from cacheorch.vector.reader import is_vector_output
 
 if TYPE_CHECKING:
     from cacheorch.connection import Connection
@@ -125,7 +126,7 @@ class CacheTileSource(TileSource):
     @classmethod
     def accepts(cls, location: str) -> bool:
         path = local_path(location)
-        return path is not None and path.exists()
+        return path is not None and path.exists() and not is_vector_output(path)  # vector-package's
 
     def open(self, service: Service, connection: Connection, workers: int) -> TileFetcher:
         path = local_path(service.location)

@@ -101,7 +101,8 @@ class RestTileSource(TileSource):
 
     @classmethod
     def accepts(cls, location: str) -> bool:
-        return location.startswith(("http://", "https://"))
+        return location.startswith(("http://", "https://")) \
+            and "/vectortileserver" not in location.lower()  # the ``vector`` source's
 
     def open(self, service: Service, connection: Connection, workers: int) -> TileFetcher:
         opts = self.options

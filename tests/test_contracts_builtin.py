@@ -524,3 +524,136 @@ def test_exporter_contract_catches_an_output_published_before_commit(tmp_path: P
 
     with pytest.raises(AssertionError, match="appeared before commit"):
         Check().test_output_absent_until_commit(tmp_path, web_mercator_scheme(4))
+
+
+# -- vector tile layers (VectorTileServer, vtpk) -----------------------------------------------
+
+_VECTOR_REFUSED = "http://127.0.0.1:9/arcgis/rest/services/Nothing/VectorTileServer"
+
+
+class TestVectorScaleSource(ScaleSourceContract):
+    plugin = _Lazy("scales_vector", "VectorScaleSource")
+    bad_locations = (_VECTOR_REFUSED,)
+
+    @pytest.fixture
+    def location(self) -> Iterator[str]:
+        from _vectorserver import VectorTileServer
+        with VectorTileServer() as srv:
+            yield srv.url
+
+
+class TestVectorTileSource(TileSourceContract):
+    plugin = _Lazy("tiles_vector", "VectorTileSource")
+    options = {"backoff": "0.01"}
+
+    @pytest.fixture
+    def service(self, connection) -> Iterator[Service]:
+        from _vectorserver import VectorTileServer
+
+        from cacheorch.plugins.scales_vector import VectorScaleSource
+        with VectorTileServer() as srv:
+            yield VectorScaleSource().read(srv.url, connection)
+
+    @pytest.fixture
+    def present_keys(self) -> Sequence[TileKey]:
+        return [TileKey(3, r, c) for r in (2, 3) for c in (2, 3)]
+
+    @pytest.fixture
+    def absent_keys(self) -> Sequence[TileKey]:
+        return [TileKey(3, 0, 0), TileKey(4, 9, 9)]  # absent by the tilemap, below a leaf
+
+
+def _vector_request(output: Path, scheme, levels, mode: str = "create"):
+    """An export request for the loopback vector layer, its resources read from memory."""
+    from urllib.parse import unquote
+
+    from _vectorserver import VectorTileServer, service_json
+
+    from cacheorch.interfaces import ExportRequest
+    from cacheorch.vector.service import vector_service_from_json
+    resources = VectorTileServer().resources
+    location = "http://contract/arcgis/rest/services/C/VectorTileServer"
+    service = vector_service_from_json(location, service_json(), lambda url: resources.get(
+        unquote(url.split("/resources/", 1)[-1])))
+    return ExportRequest(output=output, service=service, scheme=scheme.with_levels(levels),
+                         levels=tuple(scheme.lod(n) for n in levels), mode=mode,  # type: ignore[arg-type]
+                         title="Contract")
+
+
+def _vector_package(folder: Path) -> Path:
+    """A .vtpk of the loopback layer's tiles (levels 0-3), written by the vtpk exporter."""
+    import gzip
+
+    from _vectorserver import DEFAULT_TILES, mvt_tile, service_json
+
+    from cacheorch.plugins.export_vtpk import VtpkExporter
+    from cacheorch.vector.service import vector_service_from_json
+    scheme = vector_service_from_json("http://contract/x/VectorTileServer", service_json()).scheme
+    out = folder / "layer.vtpk"
+    session = VtpkExporter().open(_vector_request(out, scheme, [0, 1, 2, 3]))
+    for level in range(4):
+        sink = session.open_bundle(level, 0, 0)
+        for _, row, col in [k for k in DEFAULT_TILES if k[0] == level]:
+            sink.add(row, col, gzip.compress(mvt_tile(level, row, col), mtime=0))
+        sink.close()
+    session.commit()
+    session.discard()
+    return out
+
+
+class TestVectorPackageScaleSource(ScaleSourceContract):
+    plugin = _Lazy("vector_package", "VectorPackageScaleSource")
+    bad_locations = ("/nonexistent/cacheorch-contract/layer.vtpk",)
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> str:
+        return str(_vector_package(tmp_path))
+
+
+class TestVectorPackageTileSource(TileSourceContract):
+    plugin = _Lazy("vector_package", "VectorPackageTileSource")
+
+    @pytest.fixture
+    def service(self, tmp_path: Path, connection) -> Service:
+        from cacheorch.plugins.vector_package import VectorPackageScaleSource
+        return VectorPackageScaleSource().read(str(_vector_package(tmp_path)), connection)
+
+    @pytest.fixture
+    def present_keys(self) -> Sequence[TileKey]:
+        return [TileKey(3, r, c) for r in (2, 3) for c in (2, 3)] + [TileKey(0, 0, 0)]
+
+    @pytest.fixture
+    def absent_keys(self) -> Sequence[TileKey]:
+        return [TileKey(3, 0, 0), TileKey(2, 3, 0)]
+
+
+class TestVtpkExporter(ExporterContract):
+    """Vector tiles (gzip MVT) on the 512-px vector scheme, read back through the package."""
+
+    plugin = _Lazy("export_vtpk", "VtpkExporter")
+
+    @pytest.fixture
+    def scheme(self):
+        from _vectorserver import service_json
+
+        from cacheorch.vector.service import vector_service_from_json
+        return vector_service_from_json("http://contract/x/VectorTileServer", service_json()).scheme
+
+    def request(self, output: Path, scheme, mode: str = "create"):
+        return _vector_request(output, scheme, sorted(self.levels), mode)
+
+    def tiles(self, scheme):
+        import gzip
+
+        from _vectorserver import mvt_tile
+        return {(level, row, col): gzip.compress(mvt_tile(level, row, col), mtime=0)
+                for level in self.levels for row in range(min(2 ** level, 4))
+                for col in range(min(2 ** level, 4)) if (level, row, col) != self.hole}
+
+    def read_tiles(self, output: Path, keys):
+        from cacheorch.vector.reader import open_vector
+        package = open_vector(output)
+        try:
+            return {key: package.tile(*key) for key in keys}
+        finally:
+            package.close()

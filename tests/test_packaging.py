@@ -31,6 +31,8 @@ def test_wheel_has_one_top_level_package(tmp_path: Path) -> None:
                   "vendor/ol.css", "vendor/LICENSE-ol.md"):  # the workbench runs from the wheel
         assert f"cacheorch/workbench/static/{asset}" in names
     assert not any("vendor-build" in n or "node_modules" in n for n in names)
+    for name in ("maplibre-gl.js", "maplibre-gl.css", "maplibre-gl.LICENSE.txt"):  # vector preview
+        assert f"cacheorch/vector/static/{name}" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "cacheorch = cacheorch.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
