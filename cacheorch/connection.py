@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 
 from cacheorch import __version__
+from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE
 from cacheorch.tokens import TokenProvider
 
 __all__ = ["Connection", "redact_url", "USER_AGENT", "AUTH_CODES", "NO_CREDENTIALS_HINT"]
@@ -107,6 +108,8 @@ class Connection:
     #: failed (None: never); the job ends failed and resumable.
     max_failure_rate: float | None = None
     failure_window: int = 200
+    #: Bytes a tile may have at most; a larger one is a failed tile (see cacheorch.net.acceptor).
+    max_tile_size: int = DEFAULT_MAX_TILE_SIZE
     #: Renew a token this many seconds before its issuer said it expires (at most a quarter
     #: of its lifetime, so short-lived tokens are not renewed on every request).
     renew_ahead: float = 120.0

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from cacheorch.connection import Connection
 from cacheorch.errors import CacheorchError, UsageError
 from cacheorch.interfaces import Service, TileFetcher, TileSource
+from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE
 from cacheorch.planner import BundlePlan
 from cacheorch.tiling import TileKey
 from cacheorch.writer import BundleWriterThread
@@ -72,6 +73,7 @@ class Credentials:
     max_rps: float | None = None
     max_failure_rate: float | None = None
     failure_window: int = 200
+    max_tile_size: int = DEFAULT_MAX_TILE_SIZE
 
     @classmethod
     def of(cls, connection: Connection, threads: int = 1) -> Credentials:
@@ -80,14 +82,14 @@ class Credentials:
         return cls(connection.token, connection.referer, connection.user_agent, connection.timeout,
                    connection.retries, tuple(sorted(connection.headers.items())),
                    max_rps / max(1, threads) if max_rps else None,
-                   connection.max_failure_rate, connection.failure_window)
+                   connection.max_failure_rate, connection.failure_window, connection.max_tile_size)
 
     def connection(self) -> Connection:
         """A connection with no token provider: workers never hold the user's password."""
         return Connection(token=self.token, referer=self.referer, user_agent=self.user_agent,
                           timeout=self.timeout, retries=self.retries, headers=dict(self.headers),
                           max_rps=self.max_rps, max_failure_rate=self.max_failure_rate,
-                          failure_window=self.failure_window)
+                          failure_window=self.failure_window, max_tile_size=self.max_tile_size)
 
     def __repr__(self) -> str:  # dask logs a failed task's arguments
         return f"Credentials(token={'***' if self.token else None}, referer={self.referer!r})"

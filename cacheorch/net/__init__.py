@@ -1,0 +1,1 @@
+"""What cacheorch needs to talk to servers: the tile acceptor (what a whole tile is)."""
