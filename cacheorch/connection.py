@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 
 from cacheorch import __version__
+from cacheorch.jsonlimits import JSONTooDeepError, loads
 from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE
 from cacheorch.tokens import TokenProvider
 
@@ -249,7 +250,9 @@ class Connection:
         except requests.exceptions.RequestException as exc:
             raise ServiceError(f"{shown}: {self.redact(type(exc).__name__)}") from None
         try:
-            data = response.json()
+            data = loads(response.content)
+        except JSONTooDeepError as exc:
+            raise ServiceError(f"{shown}: {exc}") from None
         except ValueError:
             data = None
         return response, data

@@ -31,6 +31,7 @@ from shapely.geometry.polygon import orient
 from cacheorch.arcgis_json import arcgis_error
 from cacheorch.connection import Connection
 from cacheorch.errors import AuthError, ExportError, ServiceError
+from cacheorch.jsonlimits import loads
 from cacheorch.tiling import SpatialReference, format_levels
 
 __all__ = ["Polling", "Estimate", "ResultFile", "ExportTilesClient", "feature_set",
@@ -196,7 +197,7 @@ class ExportTilesClient:
         if "json" not in ctype and not ctype.startswith("text/plain"):
             return None  # a package (or an HTML page): never a token error body
         try:
-            data = response.json()
+            data = loads(response.content)
         except ValueError:
             return None
         error = arcgis_error(data)
@@ -206,7 +207,7 @@ class ExportTilesClient:
         response = self._send(method, url, dict(params, f="json"))
         shown = self._shown(url)
         try:
-            data = response.json()
+            data = loads(response.content)
         except ValueError:
             data = None
         error = arcgis_error(data)

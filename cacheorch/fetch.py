@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
-import json
 import logging
 import random
 import re
@@ -40,6 +39,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit
 from cacheorch.connection import _SECRET_IN_TEXT as _SECRET_RE
 from cacheorch.connection import USER_AGENT
 from cacheorch.errors import JobFailedError
+from cacheorch.jsonlimits import loads
 from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE, TileAcceptor
 
 __all__ = ["RetryPolicy", "FetchResult", "TileFetchEngine", "fetch_tiles", "redact_text",
@@ -1156,7 +1156,7 @@ def _arcgis_error(body: bytes) -> tuple[int | None, str] | None:
     if len(body) > 65536 or body.lstrip()[:1] != b"{":
         return None
     try:
-        doc = json.loads(body)
+        doc = loads(body)
     except ValueError:
         return None
     err = doc.get("error") if isinstance(doc, dict) else None
