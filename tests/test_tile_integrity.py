@@ -259,3 +259,41 @@ def test_max_tile_size_from_config_and_resume(cli, tmp_path: Path) -> None:
     bad = cli("plan", "--service", "http://127.0.0.1:9/x/MapServer", "--max-tile-size", "lots")
     assert bad.code == 2 and "--max-tile-size: 'lots' is not a size" in bad.stderr
     assert bad.stderr.count("\n") == 1
+
+
+# -- one definition for run and verify ----------------------------------------------------------
+
+BODIES = {
+    "whole PNG": PNG,
+    "PNG cut short": PNG[:-7],
+    "PNG with trailing bytes": PNG + b"\0\0\0\0",
+    "whole JPEG": JPEG,
+    "JPEG cut short": JPEG[:-50],
+    "HTML page": b"<html><body>busy</body></html>",
+}
+
+
+def test_run_stores_exactly_what_verify_passes(tmp_path: Path) -> None:
+    """The fetch path and verify give every body the same verdict; re-exporting a cache with
+    broken tiles (the ``cache`` tile source) refuses the same ones."""
+    from test_verify import export
+
+    from cacheorch.plugins.tiles_cache import CacheTileFetcher
+    from cacheorch.formats.cache import open_cache
+    from cacheorch.tiling import TileKey
+    from cacheorch.verify import verify_output
+
+    keys = {name: (level, 0, 0) for level, name in enumerate(BODIES)}  # a bundle each
+    output = export(tmp_path, "compact-v2", {keys[name]: body for name, body in BODIES.items()})
+    verify_bad = {int(d.where[1:3]) for d in verify_output(output).defects}
+    fetched = {}
+    for name, body in BODIES.items():
+        with RawServer(lambda _, b=body: response(b)) as srv:
+            fetched[name] = _get(srv).status
+    with CacheTileFetcher(open_cache(output)) as source:
+        reread = {name: source.read(TileKey(*keys[name])).status for name in BODIES}
+    for name, (level, _, _) in keys.items():
+        whole = name.startswith("whole")
+        assert (level not in verify_bad) == whole, name
+        assert (fetched[name] == "ok") == whole, name
+        assert (reread[name] == "ok") == whole, name

@@ -17,6 +17,7 @@ the fetch engine stops reading a body past it and refuses a compressed body that
 """
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 __all__ = ["DEFAULT_MAX_TILE_SIZE", "TileDefect", "TileAcceptor", "image_kind", "tile_defect"]
@@ -26,6 +27,7 @@ __all__ = ["DEFAULT_MAX_TILE_SIZE", "TileDefect", "TileAcceptor", "image_kind", 
 DEFAULT_MAX_TILE_SIZE = 16 * 1024 * 1024
 
 _PNG = b"\x89PNG\r\n\x1a\n"
+_U32BE = struct.Struct(">I")
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _JPEG = b"\xff\xd8\xff"
 _GIFS = (b"GIF87a", b"GIF89a")
@@ -81,9 +83,9 @@ def _png_defect(data: bytes) -> TileDefect | None:
                           f"{n} bytes, no IHDR chunk first")
     pos = 8
     end = n - 12
-    frm = int.from_bytes
+    length_at = _U32BE.unpack_from
     while pos < end:
-        length = frm(data[pos:pos + 4], "big")
+        length = length_at(data, pos)[0]
         if length > 0x7FFFFFFF:
             return TileDefect(_PNG_BROKEN, f"chunk length {length} at byte {pos}")
         pos += 12 + length
