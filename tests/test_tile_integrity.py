@@ -17,7 +17,7 @@ import pytest
 
 from _gdal import colour_of, solid_png
 from _rawserver import RawServer, response
-from _tiles import all_tiles, mercator_service_json
+from _tiles import mercator_service_json
 from cacheorch.fetch import RetryPolicy, TileFetchEngine
 from cacheorch.formats.png import encode_png
 from cacheorch.net.acceptor import TileAcceptor
@@ -278,8 +278,8 @@ def test_run_stores_exactly_what_verify_passes(tmp_path: Path) -> None:
     broken tiles (the ``cache`` tile source) refuses the same ones."""
     from test_verify import export
 
-    from cacheorch.plugins.tiles_cache import CacheTileFetcher
     from cacheorch.formats.cache import open_cache
+    from cacheorch.plugins.tiles_cache import CacheTileFetcher
     from cacheorch.tiling import TileKey
     from cacheorch.verify import verify_output
 
