@@ -297,3 +297,28 @@ def test_run_stores_exactly_what_verify_passes(tmp_path: Path) -> None:
         assert (level not in verify_bad) == whole, name
         assert (fetched[name] == "ok") == whole, name
         assert (reread[name] == "ok") == whole, name
+
+
+def test_a_full_disk_during_a_job_is_exit_1_naming_the_path_and_resumable(
+        cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from cacheorch.formats import bundle
+
+    def no_space(fd: int, buffers: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    output = tmp_path / "out.tpkx"
+    with _job_server({}) as srv:
+        url = srv.url + "/arcgis/rest/services/T/MapServer"
+        with monkeypatch.context() as patch:
+            patch.setattr(bundle, "_writev_all", no_space)
+            result = cli("run", "--service", url, "--levels", str(LEVEL), "--output", str(output))
+        assert result.code == 1, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+        assert "no space left on" in result.stderr.lower() and "cacheorch resume" in result.stderr
+        assert str(output) + ".partial" in result.stderr  # the file being written
+        job = json.loads(cli("jobs", "--json").stdout)["jobs"][0]
+        assert job["status"] == "failed"
+        again = cli("resume", str(job["id"]))
+        assert again.code == 0, again.stderr
+    assert output.exists()
