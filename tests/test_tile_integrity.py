@@ -256,6 +256,11 @@ def test_max_tile_size_from_config_and_resume(cli, tmp_path: Path) -> None:
     assert spec.max_tile_size == 2 * 1024 * 1024
     assert spec.connection_options()["max_tile_size"] == 2 * 1024 * 1024
     assert JobSpec.from_parameters(json.loads(json.dumps(spec.to_parameters()))) == spec
+    from cacheorch.connection import Connection
+    from cacheorch.dask_executor import Credentials
+    connection = Connection(**spec.connection_options())
+    assert connection.max_tile_size == 2 * 1024 * 1024
+    assert Credentials.of(connection, 4).connection().max_tile_size == 2 * 1024 * 1024  # workers
     bad = cli("plan", "--service", "http://127.0.0.1:9/x/MapServer", "--max-tile-size", "lots")
     assert bad.code == 2 and "--max-tile-size: 'lots' is not a size" in bad.stderr
     assert bad.stderr.count("\n") == 1
