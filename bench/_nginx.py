@@ -4,7 +4,7 @@ Why nginx and one fixed tile: the benchmarks compare *clients* (cacheorch, MapPr
 libraries), so the server must cost as little CPU as possible and answer every tile identically;
 nginx with ``alias`` to one file does that at tens of thousands of requests/s on one core, far
 above any client here. The set-up is the one the peer figures were measured with
-(/work/shared/bench-reference/nginx.conf.tmpl), so results stay comparable.
+(bench/reference/nginx.conf.tmpl), so results stay comparable.
 
     from bench._nginx import Nginx, bench_tile, bench_service_json
     with Nginx(bench_tile(), bench_service_json()) as srv:
@@ -31,34 +31,16 @@ from types import TracebackType
 from typing import Any
 
 __all__ = [
-    "INSTALL_HINT", "REFERENCE_TEMPLATE", "REFERENCE_TILE_BYTES", "SERVICE_PATH", "Nginx",
-    "NginxError", "NginxMissing", "bench_service_json", "bench_tile", "find_nginx",
+    "INSTALL_HINT", "REFERENCE", "REFERENCE_TEMPLATE", "REFERENCE_TILE_BYTES", "SERVICE_PATH", "Nginx",
+    "NginxError", "NginxMissing", "bench_service_json", "bench_tile", "find_nginx", "nginx_problem",
 ]
 
-REFERENCE_TEMPLATE = Path("/work/shared/bench-reference/nginx.conf.tmpl")
+#: The reference set-up the peer figures were measured with: polygon, nginx and MapProxy templates.
+REFERENCE = Path(__file__).resolve().parent / "reference"
+REFERENCE_TEMPLATE = REFERENCE / "nginx.conf.tmpl"
 SERVICE_PATH = "/arcgis/rest/services/Bench/MapServer"
 REFERENCE_TILE_BYTES = 51_763
 INSTALL_HINT = "nginx not found: install it with `apt-get install -y nginx-light` (Debian/Ubuntu)"
-
-# The reference template, kept here so the module also works where /work/shared is absent.
-_FALLBACK_TEMPLATE = """\
-worker_processes 1;
-daemon off;
-pid @DIR@/nginx.pid;
-error_log @DIR@/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path @DIR@/tmp; proxy_temp_path @DIR@/tmp; fastcgi_temp_path @DIR@/tmp;
-  uwsgi_temp_path @DIR@/tmp; scgi_temp_path @DIR@/tmp;
-  server {
-    listen 127.0.0.1:@PORT@;
-    location = /arcgis/rest/services/Bench/MapServer { default_type application/json; alias @DIR@/service.json; }
-    location ~ ^/arcgis/rest/services/Bench/MapServer/tile/\\d+/\\d+/\\d+$ { default_type image/png; alias @DIR@/tile.png; }
-  }
-}
-"""
 
 
 class NginxError(RuntimeError):
@@ -77,6 +59,15 @@ def find_nginx() -> str | None:
     for candidate in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
         if os.access(candidate, os.X_OK):
             return candidate
+    return None
+
+
+def nginx_problem() -> str | None:
+    """Why :class:`Nginx` cannot start here, in one line (no nginx, no reference template), or None."""
+    if find_nginx() is None:
+        return INSTALL_HINT
+    if not REFERENCE_TEMPLATE.is_file():
+        return f"no nginx template at {REFERENCE_TEMPLATE}"
     return None
 
 
@@ -202,7 +193,7 @@ class Nginx:
 
     # -- life cycle --------------------------------------------------------------------------
     def _config_text(self) -> str:
-        template = self.template.read_text() if self.template.is_file() else _FALLBACK_TEMPLATE
+        template = self.template.read_text()
         assert self.workdir is not None and self.port is not None
         return template.replace("@DIR@", str(self.workdir)).replace("@PORT@", str(self.port))
 
@@ -210,6 +201,8 @@ class Nginx:
         exe = find_nginx()
         if exe is None:
             raise NginxMissing(INSTALL_HINT)
+        if not self.template.is_file():
+            raise NginxError(f"no nginx template at {self.template}")
         if self._workdir_arg is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="cacheorch-nginx-"))
             self._own_workdir = True

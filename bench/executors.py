@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from bench._nginx import INSTALL_HINT, Nginx, _proc_cpu_seconds, bench_service_json, bench_tile, find_nginx
+    from bench._nginx import Nginx, _proc_cpu_seconds, bench_service_json, bench_tile, nginx_problem
     from bench.seed_vs_mapproxy import REFERENCE, child_env, count_tiles, json_report
 except ImportError:  # run as a script: bench/ itself is on sys.path
-    from _nginx import (INSTALL_HINT, Nginx, _proc_cpu_seconds, bench_service_json,  # type: ignore[no-redef]
-                        bench_tile, find_nginx)
+    from _nginx import (Nginx, _proc_cpu_seconds, bench_service_json,  # type: ignore[no-redef]
+                        bench_tile, nginx_problem)
     from seed_vs_mapproxy import REFERENCE, child_env, count_tiles, json_report  # type: ignore[no-redef]
 
 
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     exe = _dask_exe()
-    if find_nginx() is None:
-        print(INSTALL_HINT, file=sys.stderr)
+    if problem := nginx_problem():
+        print(problem, file=sys.stderr)
         return 2
     if exe is None:
         print("dask not found: install it with `.venv/bin/pip install 'cacheorch[dask]'`",

@@ -1,7 +1,7 @@
 """Which HTTP client should fetch tiles in bulk? Measure them side by side against nginx.
 
 Starts nginx (Debian package ``nginx-light``; this script installs nothing) on 127.0.0.1 with
-/work/shared/bench-reference/nginx.conf.tmpl through bench/_nginx.py, serving one fixed ~51.7 KB
+bench/reference/nginx.conf.tmpl through bench/_nginx.py, serving one fixed ~51.7 KB
 PNG for every tile URL, then fetches the same N distinct tile URLs (levels 10-12) with each client
 at each concurrency and prints tiles/s and CPU milliseconds per tile (process CPU: all threads of
 this process; nginx's own CPU is shown apart).
@@ -33,10 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from cacheorch.formats.png import is_image
 
 try:
-    from bench._nginx import INSTALL_HINT, Nginx, bench_service_json, bench_tile, find_nginx
+    from bench._nginx import Nginx, bench_service_json, bench_tile, nginx_problem
 except ImportError:  # run as a script: bench/ itself is on sys.path
     from _nginx import (  # type: ignore[no-redef]
-        INSTALL_HINT, Nginx, bench_service_json, bench_tile, find_nginx)
+        Nginx, bench_service_json, bench_tile, nginx_problem)
 
 
 # -- the clients ------------------------------------------------------------------------------
@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     pin = not args.no_pin and len(os.sched_getaffinity(0)) >= 2
     if pin:
         os.sched_setaffinity(0, {0})
-    if find_nginx() is None:
-        print(INSTALL_HINT, file=sys.stderr)
+    if problem := nginx_problem():
+        print(problem, file=sys.stderr)
         raise SystemExit(2)
     with Nginx(bench_tile(), bench_service_json(), cpu=1 if pin else None) as srv:
         load0 = os.getloadavg()

@@ -7,8 +7,8 @@ are not comparable, so this script measures both tools here, one after the other
 
 1. cacheorch on a generated polygon: a deterministic wobbly star over Africa, 1,000 vertices,
    5% of the Earth's surface (geodesic area on WGS84), levels 0-18;
-2. cacheorch and MapProxy on the reference polygon (/work/shared/bench-reference/aoi-europe.geojson,
-   the MapProxy configuration of that folder's templates), levels 0-13;
+2. cacheorch and MapProxy on the reference polygon (bench/reference/aoi-europe.geojson, the
+   MapProxy configuration of that folder's templates), levels 0-13;
 3. optionally (--mapproxy-blob-levels) MapProxy on the generated polygon too.
 
 Each figure is the wall time of the whole command (process start, imports, reading and projecting
@@ -44,22 +44,15 @@ from typing import Any
 import numpy as np
 
 try:
-    from bench.seed_vs_mapproxy import REFERENCE, find_mapproxy_seed, mapproxy_templates, mapproxy_version
+    from bench.seed_vs_mapproxy import (
+        REFERENCE, BenchError, find_mapproxy_seed, mapproxy_templates, mapproxy_version)
 except ImportError:  # run as a script: bench/ itself is on sys.path
     from seed_vs_mapproxy import (  # type: ignore[no-redef]
-        REFERENCE, find_mapproxy_seed, mapproxy_templates, mapproxy_version)
+        REFERENCE, BenchError, find_mapproxy_seed, mapproxy_templates, mapproxy_version)
 
 TARGET_SECONDS = 2.0
 MAPPROXY_HINT = ('mapproxy-seed not found: install MapProxy 7 with `.venv/bin/pip install '
                  '"mapproxy>=7,<8"` (or pass --skip-mapproxy)')
-
-_EUROPE = {"type": "Polygon", "coordinates": [[[-10.0, 36.0], [20.0, 34.0], [40.0, 45.0],
-                                               [30.0, 62.0], [5.0, 60.0], [-12.0, 50.0],
-                                               [-10.0, 36.0]]]}
-
-
-class BenchError(Exception):
-    """Bad input or a missing tool: one line on stderr, exit 2."""
 
 
 # -- the polygon ---------------------------------------------------------------------------------
@@ -253,10 +246,7 @@ def _main(args: argparse.Namespace) -> int:
     try:
         europe = Path(args.aoi)
         if not europe.is_file():
-            if args.aoi != str(REFERENCE / "aoi-europe.geojson"):
-                raise BenchError(f"{europe}: no such file")
-            europe = work / "aoi-europe.geojson"  # the reference polygon, inlined
-            europe.write_text(json.dumps(_EUROPE))
+            raise BenchError(f"{europe}: no such file")
         ring = blob_polygon(args.vertices, args.share)
         blob = work / "blob.geojson"
         write_geojson(blob, ring, f"{args.vertices}-vertex blob, {args.share:.0%} of the Earth")

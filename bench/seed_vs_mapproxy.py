@@ -3,7 +3,7 @@
 Why one run: tiles/s depends on the machine, its load and the server; figures from two runs are not
 comparable, so both tools are measured here one after the other (alternating order each round)
 against the same nginx (bench/_nginx.py; one fixed ~51.7 KB PNG for every tile URL, the set-up of
-/work/shared/bench-reference), writing a Compact Cache V2 from the levels inside the same polygon.
+bench/reference/), writing a Compact Cache V2 from the levels inside the same polygon.
 
 Per run it measures wall time and the CPU time of the tool's whole process tree
 (getrusage(RUSAGE_CHILDREN) deltas), counts the tiles each tool actually wrote (MapProxy: the
@@ -39,61 +39,14 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from bench._nginx import INSTALL_HINT, Nginx, NginxError, bench_service_json, bench_tile, find_nginx
+    from bench._nginx import (REFERENCE, Nginx, NginxError, bench_service_json, bench_tile,
+                              nginx_problem)
 except ImportError:  # run as a script: bench/ itself is on sys.path
-    from _nginx import INSTALL_HINT, Nginx, NginxError, bench_service_json, bench_tile, find_nginx  # type: ignore[no-redef]
+    from _nginx import (REFERENCE, Nginx, NginxError,  # type: ignore[no-redef]
+                        bench_service_json, bench_tile, nginx_problem)
 
-REFERENCE = Path("/work/shared/bench-reference")
 MAPPROXY_HINT = 'mapproxy-seed not found: install MapProxy 7 with `.venv/bin/pip install "mapproxy>=7,<8"`'
 TARGET_RATIO = 4.0
-
-# The reference MapProxy configuration (bench-reference/*.tmpl), used where that folder is absent.
-_MAPPROXY_YAML = """\
-services:
-  demo:
-layers:
-  - name: bench
-    title: bench
-    sources: [bench_cache]
-caches:
-  bench_cache:
-    grids: [webmerc_nw]
-    sources: [bench_tiles]
-    format: image/png
-    cache:
-      type: compact
-      version: 2
-      directory: @OUT@/Layers/_alllayers
-sources:
-  bench_tiles:
-    type: tile
-    url: @URL@/tile/%(z)s/%(y)s/%(x)s
-    grid: webmerc_nw
-    transparent: true
-    http:
-      client_timeout: 30
-grids:
-  webmerc_nw:
-    base: GLOBAL_WEBMERCATOR
-    origin: nw
-globals:
-  cache:
-    base_dir: @OUT@/cache_data
-    lock_dir: @OUT@/cache_data/locks
-    tile_lock_dir: @OUT@/cache_data/tile_locks
-"""
-_SEED_YAML = """\
-seeds:
-  bench:
-    caches: [bench_cache]
-    grids: [webmerc_nw]
-    coverages: [aoi]
-    levels: {from: 0, to: 10}
-coverages:
-  aoi:
-    datasource: @AOI@
-    srs: 'EPSG:4326'
-"""
 
 
 class BenchError(Exception):
@@ -147,10 +100,12 @@ def find_mapproxy_seed() -> str | None:
 
 
 def mapproxy_templates() -> tuple[str, str]:
-    """The reference mapproxy.yaml and seed.yaml templates (their copies above when absent)."""
+    """The reference mapproxy.yaml and seed.yaml templates (bench/reference/)."""
     mp_tmpl, seed_tmpl = REFERENCE / "mapproxy.yaml.tmpl", REFERENCE / "seed.yaml.tmpl"
-    return (mp_tmpl.read_text() if mp_tmpl.is_file() else _MAPPROXY_YAML,
-            seed_tmpl.read_text() if seed_tmpl.is_file() else _SEED_YAML)
+    for path in (mp_tmpl, seed_tmpl):
+        if not path.is_file():
+            raise BenchError(f"no MapProxy template at {path}")
+    return mp_tmpl.read_text(), seed_tmpl.read_text()
 
 
 def mapproxy_version() -> str | None:
@@ -492,8 +447,8 @@ def _main(args: argparse.Namespace) -> int:
     if not args.aoi.is_file():
         raise BenchError(f"AOI file not found: {args.aoi}")
     aoi = args.aoi.resolve()
-    if find_nginx() is None:
-        raise BenchError(INSTALL_HINT)
+    if problem := nginx_problem():
+        raise BenchError(problem)
     mapproxy_seed = None
     if args.only in ("both", "mapproxy"):
         mapproxy_seed = find_mapproxy_seed()

@@ -15,17 +15,19 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
 from cacheorch import __version__
 from cacheorch.jsonlimits import JSONTooDeepError, loads
+from cacheorch.net import NetworkSettings, describe
 from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE
 from cacheorch.tokens import TokenProvider
 
-__all__ = ["Connection", "redact_url", "USER_AGENT", "AUTH_CODES", "NO_CREDENTIALS_HINT"]
+__all__ = ["Connection", "redact_url", "with_token", "USER_AGENT", "AUTH_CODES",
+           "NO_CREDENTIALS_HINT"]
 
 #: Identifies cacheorch to servers, as polite crawlers do.
 USER_AGENT = f"cacheorch/{__version__} (+https://pypi.org/project/cacheorch/)"
@@ -89,12 +91,16 @@ class Connection:
         one (or asks for one); None means the token is what it is.
     :param max_renewals_per_minute: a server that rejects every fresh token would otherwise be
         asked for a new one after every refused tile; past this rate renewal gives up.
+    :param network: CA bundle, proxies and timeouts of every request, JSON and tiles alike
+        (default: from the environment).
+    :param timeout: one number for both the connect and the read timeout (scripts, tests);
+        afterwards it reads as the network's read timeout.
     """
 
     token: str | None = None
     referer: str | None = None
     user_agent: str = USER_AGENT
-    timeout: float = 30.0
+    timeout: float = None  # type: ignore[assignment]  # set in __post_init__
     retries: int = 4
     headers: dict[str, str] = field(default_factory=dict)
     token_provider: TokenProvider | None = None
@@ -121,6 +127,14 @@ class Connection:
     _token_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _renewals: deque[float] = field(default_factory=lambda: deque(maxlen=64), repr=False)
     _retired: list[str] = field(default_factory=list, repr=False)
+    network: NetworkSettings = None  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.network is None:
+            self.network = NetworkSettings.build()
+        if self.timeout is not None:
+            self.network = self.network.with_timeout(self.timeout)
+        self.timeout = self.network.read_timeout
 
     @classmethod
     def from_env(cls, token: str | None = None, referer: str | None = None, **kw: Any) -> Connection:
@@ -152,11 +166,13 @@ class Connection:
 
     @property
     def session(self) -> requests.Session:
-        """A pooled requests session for service JSON and jobs (not for bulk tiles)."""
+        """A pooled requests session for service JSON and jobs (not for bulk tiles).
+
+        Its CA bundle, proxies and timeouts are :attr:`network`'s, whatever a caller passes.
+        """
         if self._session is None:
-            s = requests.Session()
-            s.headers.update(self.request_headers())
-            self._session = s
+            from cacheorch.net.session import make_session
+            self._session = make_session(self.network, self.request_headers())
         return self._session
 
     @property
@@ -212,6 +228,8 @@ class Connection:
                 log.warning("not renewing the token again: %d renewals in the last minute; "
                             "the service refuses fresh tokens", len(recent))
                 return None
+            if isinstance(provider, TokenProvider):  # the token service is reached like the rest
+                provider.session = self.session
             issued = provider.generate(service, self.timeout)
             self._renewals.append(now)
             if self.token:
@@ -220,42 +238,94 @@ class Connection:
             self._token_lifetime = None if issued.expires is None else issued.expires - time.time()
             return self.token
 
+    def reauthorised_url(self, url: str, service_url: str) -> str | None:
+        """``url`` carrying a renewed token, after the service refused the token it carried.
+
+        The tile engine's ``reauth``: tile URLs carry the token in their query, so the token
+        used is read back from ``url``. Credentials refused by the token service raise
+        :class:`~cacheorch.errors.AuthError` (every tile would fail alike); a token service that
+        cannot be reached gives None, failing only the tile, which a resume picks up.
+        """
+        from cacheorch.errors import AuthError, CacheorchError
+        used = _token_of(url)
+        try:
+            token = self.renew_token(used, service_url)
+        except AuthError:
+            raise
+        except CacheorchError as exc:
+            log.warning("token renewal failed: %s", self.redact(exc))
+            return None
+        if not token or token == used:
+            return None
+        return with_token(url, token)
+
     def get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
         """The JSON document at ``url`` (``f=json`` and the token added), renewing the token once.
 
         The one way service JSON, portal items, tilemaps and job status are read: a 498/499
         (as an HTTP status or as ArcGIS's error body under HTTP 200) gets a new token from the
-        provider and one more try; other refusals and ArcGIS error bodies become
+        provider and one more try (:meth:`request`); other refusals and ArcGIS error bodies become
         :class:`~cacheorch.errors.AuthError` / :class:`~cacheorch.errors.ServiceError` with a
         one-line, redacted message.
         """
-        query = {"f": "json", **(params or {})}
-        response, data = self._get_json_once(url, query)
-        if self.can_renew_token and _wants_token(response, data, self.token):
-            self.renew_token(self.token, url)
-            response, data = self._get_json_once(url, query)
-        return self._json_or_error(url, response, data)
-
-    def _get_json_once(self, url: str, query: dict[str, Any]) -> tuple[requests.Response, Any]:
         from cacheorch.errors import ServiceError
-        shown = self.redact(url)
-        try:
-            response = self.session.get(url, params=self.params(**query), timeout=self.timeout)
-        except requests.exceptions.Timeout:
-            raise ServiceError(f"{shown}: no answer within {self.timeout:g} s") from None
-        except requests.exceptions.ConnectionError as exc:
-            reason = str(exc.args[0] if exc.args else exc).split(":")[-1].strip(" )'\"") \
-                or "refused"
-            raise ServiceError(f"cannot reach {shown}: {self.redact(reason)}") from None
-        except requests.exceptions.RequestException as exc:
-            raise ServiceError(f"{shown}: {self.redact(type(exc).__name__)}") from None
+        response = self.request("GET", url, {"f": "json", **(params or {})})
         try:
             data = loads(response.content)
-        except JSONTooDeepError as exc:
-            raise ServiceError(f"{shown}: {exc}") from None
+        except JSONTooDeepError as exc:  # said as such, not as "did not answer JSON"
+            raise ServiceError(f"{self.redact(url)}: {exc}") from None
         except ValueError:
             data = None
-        return response, data
+        return self._json_or_error(url, response, data)
+
+    def request(self, method: Literal["GET", "POST"], url: str, params: dict[str, Any], *,
+                headers: dict[str, str] | None = None, stream: bool = False,
+                send_token: bool = True, service_url: str | None = None) -> requests.Response:
+        """One request with the token, renewed once when the service refuses it: the one renewal.
+
+        GET sends ``params`` in the query, POST in the form body (a polygon can be long). A
+        refusal (498/499, or 401/403 while no token was sent) with a provider configured gets a
+        new token and one more try; the answer is returned as it is otherwise, for the caller to
+        read. A failure to connect is a :class:`~cacheorch.errors.ServiceError` in words.
+
+        :param send_token: False for URLs that carry their own authorisation (signed download
+            links), which must never receive the token.
+        :param service_url: the service the token is for, when ``url`` is one of its resources
+            on another host (``tileServers``): the token service is found from it.
+        """
+        renewed = False
+        while True:
+            token = self.token if send_token else None
+            response = self._send_once(method, url, params, token, headers, stream)
+            if renewed or not send_token or not self.can_renew_token or \
+                    not _wants_token(response, _peek_json(response, stream), token):
+                return response
+            response.close()
+            self.renew_token(token, service_url or url)
+            renewed = True
+
+    def _send_once(self, method: str, url: str, params: dict[str, Any], token: str | None,
+                   headers: dict[str, str] | None, stream: bool) -> requests.Response:
+        from cacheorch.errors import CacheorchError, ServiceError
+        query = dict(params, token=token) if token else dict(params)
+        shown = self.redact(url)
+        try:
+            if method == "POST":
+                return self.session.post(url, data=query, headers=headers, stream=stream)
+            return self.session.get(url, params=query, headers=headers, stream=stream)
+        except requests.exceptions.ReadTimeout:
+            raise ServiceError(f"{shown}: no answer within {self.network.read_timeout:g} s"
+                               ) from None
+        except requests.exceptions.ConnectTimeout:
+            raise ServiceError(f"cannot reach {shown}: no connection within "
+                               f"{self.network.connect_timeout:g} s") from None
+        except requests.exceptions.RequestException as exc:
+            try:
+                proxy = self.network.proxy_for(url)
+            except CacheorchError:
+                proxy = None
+            reason = describe(exc, urlsplit(url).hostname, proxy)
+            raise ServiceError(f"cannot reach {shown}: {self.redact(reason)}") from None
 
     def _json_or_error(self, url: str, response: requests.Response, data: Any) -> Any:
         from cacheorch.arcgis_json import arcgis_error
@@ -301,6 +371,43 @@ class Connection:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+def _json_of(response: requests.Response) -> Any:
+    """The answer's JSON (nesting bounded: cacheorch.jsonlimits), else None."""
+    try:
+        return loads(response.content)
+    except ValueError:
+        return None
+
+
+def _peek_json(response: requests.Response, stream: bool) -> Any:
+    """The JSON of an answer, which may be an error body; else None.
+
+    A streamed answer is read only when it says it is JSON (or text): a package or an image
+    being downloaded is never a token error, and must not be read into memory here.
+    """
+    ctype = response.headers.get("Content-Type", "")
+    if stream and "json" not in ctype and not ctype.startswith("text/plain"):
+        return None
+    if not stream and b'"error"' not in response.content[:512]:
+        return None  # not an error body: a large document is not parsed twice
+    return _json_of(response)
+
+
+def with_token(url: str, token: str) -> str:
+    """``url`` with its ``token`` parameter set to ``token`` (added if absent)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
+    query.append(("token", token))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _token_of(url: str) -> str | None:
+    for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if k == "token":
+            return v
+    return None
 
 
 def _wants_token(response: requests.Response, data: object, token: str | None) -> bool:

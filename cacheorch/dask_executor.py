@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from cacheorch.connection import Connection
 from cacheorch.errors import CacheorchError, UsageError
 from cacheorch.interfaces import Service, TileFetcher, TileSource
+from cacheorch.net import NetworkSettings
 from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE
 from cacheorch.planner import BundlePlan
 from cacheorch.tiling import TileKey
@@ -74,6 +75,8 @@ class Credentials:
     max_failure_rate: float | None = None
     failure_window: int = 200
     max_tile_size: int = DEFAULT_MAX_TILE_SIZE
+    #: CA bundle, proxies and timeouts: workers reach the service as this process does.
+    network: NetworkSettings | None = None
 
     @classmethod
     def of(cls, connection: Connection, threads: int = 1) -> Credentials:
@@ -82,14 +85,17 @@ class Credentials:
         return cls(connection.token, connection.referer, connection.user_agent, connection.timeout,
                    connection.retries, tuple(sorted(connection.headers.items())),
                    max_rps / max(1, threads) if max_rps else None,
-                   connection.max_failure_rate, connection.failure_window, connection.max_tile_size)
+                   connection.max_failure_rate, connection.failure_window, connection.max_tile_size,
+                   connection.network)
 
     def connection(self) -> Connection:
         """A connection with no token provider: workers never hold the user's password."""
         return Connection(token=self.token, referer=self.referer, user_agent=self.user_agent,
-                          timeout=self.timeout, retries=self.retries, headers=dict(self.headers),
+                          timeout=None if self.network else self.timeout, retries=self.retries,
+                          headers=dict(self.headers),
                           max_rps=self.max_rps, max_failure_rate=self.max_failure_rate,
-                          failure_window=self.failure_window, max_tile_size=self.max_tile_size)
+                          failure_window=self.failure_window, max_tile_size=self.max_tile_size,
+                          network=self.network)
 
     def __repr__(self) -> str:  # dask logs a failed task's arguments
         return f"Credentials(token={'***' if self.token else None}, referer={self.referer!r})"

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -29,9 +29,10 @@ from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import orient
 
 from cacheorch.arcgis_json import arcgis_error
-from cacheorch.connection import Connection
+from cacheorch.connection import AUTH_CODES, NO_CREDENTIALS_HINT, Connection, _peek_json
 from cacheorch.errors import AuthError, ExportError, ServiceError
 from cacheorch.jsonlimits import loads
+from cacheorch.net import describe
 from cacheorch.tiling import SpatialReference, format_levels
 
 __all__ = ["Polling", "Estimate", "ResultFile", "ExportTilesClient", "feature_set",
@@ -144,41 +145,22 @@ class ExportTilesClient:
         links) carry their own authorisation and must not receive ours."""
         return urlsplit(url).netloc.lower() == self._host
 
-    def _send(self, method: str, url: str, params: dict[str, Any], *,
+    def _send(self, method: Literal["GET", "POST"], url: str, params: dict[str, Any], *,
               headers: dict[str, str] | None = None, stream: bool = False) -> requests.Response:
-        """One request, renewing the token once when the server refuses it (498/499), and
+        """One request through :meth:`Connection.request` (which renews a refused token once),
         waiting out a 503 with ``Retry-After`` a few times (a busy caching controller)."""
         connection = self.connection
-        renewed = busy = 0
+        busy = 0
         while True:
-            token = connection.token if self._token_for(url) else None
-            query = dict(params, token=token) if token else dict(params)
-            try:
-                if method == "POST":
-                    response = connection.session.post(url, data=query, headers=headers,
-                                                       timeout=connection.timeout, stream=stream)
-                else:
-                    response = connection.session.get(url, params=query, headers=headers,
-                                                      timeout=connection.timeout, stream=stream)
-            except requests.exceptions.Timeout:
-                raise ServiceError(f"{self._shown(url)}: no answer within "
-                                   f"{connection.timeout:g} s") from None
-            except requests.exceptions.RequestException as exc:
-                raise ServiceError(f"cannot reach {self._shown(url)}: "
-                                   f"{connection.redact(type(exc).__name__)}") from None
+            response = connection.request(method, url, params, headers=headers, stream=stream,
+                                          send_token=self._token_for(url), service_url=self.url)
             code = self._auth_code(response, stream)
-            if code is not None and renewed == 0 and self._token_for(url) and \
-                    connection.can_renew_token:
-                response.close()
-                connection.renew_token(token, self.url)
-                renewed += 1
-                continue
             if code is not None:
                 response.close()
                 hint = "" if connection.token or connection.can_renew_token else \
-                    " (set ARCGIS_TOKEN, or ARCGIS_USERNAME and ARCGIS_PASSWORD)"
-                what = "invalid or expired token" if code == 498 else "token required"
-                raise AuthError(f"{self._shown(url)}: {what} (ArcGIS error {code}){hint}")
+                    NO_CREDENTIALS_HINT
+                raise AuthError(f"{self._shown(url)}: {AUTH_CODES[code]} (ArcGIS error {code})"
+                                f"{hint}")
             if response.status_code == 503 and busy < connection.retries:
                 wait = _retry_after(response, self.polling.longest)
                 response.close()
@@ -193,14 +175,7 @@ class ExportTilesClient:
         """498/499 as an HTTP status, or as a JSON error body with HTTP 200 (servers differ)."""
         if response.status_code in (498, 499):
             return response.status_code
-        ctype = response.headers.get("Content-Type", "")
-        if "json" not in ctype and not ctype.startswith("text/plain"):
-            return None  # a package (or an HTML page): never a token error body
-        try:
-            data = loads(response.content)
-        except ValueError:
-            return None
-        error = arcgis_error(data)
+        error = arcgis_error(_peek_json(response, stream))
         return error[0] if error is not None and error[0] in (498, 499) else None
 
     def _json(self, method: str, url: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -387,7 +362,7 @@ class ExportTilesClient:
                         out.flush()
                         os.fsync(out.fileno())
                 except requests.exceptions.RequestException as exc:
-                    last_error = type(exc).__name__
+                    last_error = describe(exc, urlsplit(file.url).hostname)
                     log.info("download of %s interrupted at %d bytes (%s); resuming", shown,
                              part.stat().st_size if part.exists() else 0, last_error)
                     continue

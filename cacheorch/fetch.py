@@ -7,8 +7,9 @@ table); this engine spends about half the CPU per tile of aiohttp (a quarter of 
 tenth of requests') because it is a lean HTTP/1.1 client on :class:`asyncio.Protocol` that does
 only what a tile GET needs. It still
 handles what real servers do: chunked and close-delimited bodies, gzip/deflate content-encoding,
-redirects, HTTPS, and proxies from the environment (``HTTP_PROXY``, ``HTTPS_PROXY`` through
-``CONNECT``, ``NO_PROXY``). requests stays the client for service JSON and jobs.
+redirects, HTTPS, and ``http://`` or ``https://`` proxies (``CONNECT`` tunnels for HTTPS). Its CA
+bundle, proxy choice and timeouts come from :class:`~cacheorch.net.NetworkSettings`, as those of
+the requests session that stays the client for service JSON and jobs.
 
 :meth:`TileFetchEngine.fetch` is an ordinary generator: it pulls URLs lazily, keeps at most
 ``workers`` requests in flight, runs the event loop in the caller's thread until results are in,
@@ -17,7 +18,6 @@ and yields them as they complete, so memory stays flat for any number of tiles.
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import logging
 import random
@@ -25,7 +25,6 @@ import re
 import ssl
 import threading
 import time
-import urllib.request
 import weakref
 import zlib
 from collections import deque
@@ -34,12 +33,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from cacheorch.connection import _SECRET_IN_TEXT as _SECRET_RE
 from cacheorch.connection import USER_AGENT
 from cacheorch.errors import JobFailedError
 from cacheorch.jsonlimits import loads
+from cacheorch.net import NetworkSettings, Proxy, os_words, tls_words
 from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE, TileAcceptor
 
 __all__ = ["RetryPolicy", "FetchResult", "TileFetchEngine", "fetch_tiles", "redact_text",
@@ -462,9 +462,9 @@ class _Origin:
     """One scheme://host:port, with its idle connections and how to reach it (direct or proxy)."""
 
     __slots__ = ("scheme", "host", "port", "base", "header_block", "idle", "connect_host",
-                 "connect_port", "absolute", "tunnel", "proxy_auth")
+                 "connect_port", "absolute", "tunnel", "proxy_auth", "proxy")
 
-    def __init__(self, base: str, header_block: bytes, proxy: str | None) -> None:
+    def __init__(self, base: str, header_block: bytes, proxy: Proxy | None) -> None:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {redact_text(base)}")
@@ -480,15 +480,14 @@ class _Origin:
         self.absolute = False
         self.tunnel = False
         self.proxy_auth = b""
+        #: The proxy connections go through (TLS to it when ``proxy.tls``), or None.
+        self.proxy = proxy
         self.connect_host, self.connect_port = self.host, self.port
-        if proxy:
-            pp = urlsplit(proxy if "://" in proxy else "http://" + proxy)
-            if pp.scheme != "http" or not pp.hostname:
-                raise ValueError(f"unsupported proxy {redact_text(proxy)!r}: only http:// proxies")
-            self.connect_host, self.connect_port = pp.hostname, pp.port or 80
-            if pp.username is not None:
-                creds = f"{unquote(pp.username)}:{unquote(pp.password or '')}".encode()
-                self.proxy_auth = b"Proxy-Authorization: Basic " + base64.b64encode(creds) + b"\r\n"
+        if proxy is not None:
+            self.connect_host, self.connect_port = proxy.host, proxy.port
+            if proxy.authorization:
+                self.proxy_auth = (b"Proxy-Authorization: " + proxy.authorization.encode("ascii")
+                                   + b"\r\n")
             if self.scheme == "https":
                 self.tunnel = True
             else:
@@ -496,21 +495,6 @@ class _Origin:
         extra = self.proxy_auth if self.absolute else b""
         self.header_block = (b" HTTP/1.1\r\nHost: " + host_header.encode("ascii") + b"\r\n"
                              + header_block + extra + b"\r\n")
-
-
-def _proxy_for(scheme: str, host: str, trust_env: bool) -> str | None:
-    if not trust_env:
-        return None
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if not proxy:
-        return None
-    try:
-        if urllib.request.proxy_bypass(host):
-            return None
-    except OSError:
-        pass
-    return proxy
 
 
 def _header_block(headers: dict[str, str]) -> bytes:
@@ -577,12 +561,18 @@ class TileFetchEngine:
 
     :param workers: requests in flight at most, across every :meth:`fetch` in progress.
     :param headers: sent with every request (User-Agent, Referer...).
-    :param timeout: seconds for one attempt (connect, or request to last byte).
+    :param network: CA bundle, proxies and timeouts, shared with the requests session of the
+        same command (default: from the environment, or no proxies when ``trust_env`` is false).
+    :param timeout: seconds for one attempt (connect, or request to last byte), overriding both
+        of ``network``'s timeouts; None: the network's connect timeout to connect (through a
+        proxy: to the end of the tunnel's TLS handshake), its read timeout from request to
+        last byte.
     :param retry: retries and backoff for transient failures.
     :param redact: applied to every error message, so that a token in a URL or an echoing
         server's message never reaches a log or catalog.
-    :param trust_env: take proxies from ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``.
-    :param ssl_context: for HTTPS; the system's trust store by default.
+    :param trust_env: without ``network``: take proxies and CA bundles from the environment
+        (``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``, ``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE``).
+    :param ssl_context: for HTTPS, instead of ``network``'s trust store.
     :param max_rps: requests per second at most, over every connection (None: no limit).
     :param failure_rate: with ``failure_window``: end the fetch with
         :class:`TooManyFailuresError` once more than this fraction of the last
@@ -598,12 +588,13 @@ class TileFetchEngine:
     """
 
     def __init__(self, *, workers: int = 8, headers: dict[str, str] | None = None,
-                 timeout: float = 30.0, retry: RetryPolicy | None = None,
+                 timeout: float | None = None, retry: RetryPolicy | None = None,
                  redact: Callable[[str], str] = redact_text, trust_env: bool = True,
                  ssl_context: ssl.SSLContext | None = None, max_redirects: int = 5,
                  reauth: Callable[[str], str | None] | None = None,
                  max_rps: float | None = None, failure_rate: float | None = None,
-                 failure_window: int = 200, acceptor: TileAcceptor | None = None) -> None:
+                 failure_window: int = 200, network: NetworkSettings | None = None,
+                 acceptor: TileAcceptor | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._limiter = RateLimiter(max_rps) if max_rps else None
@@ -611,10 +602,15 @@ class TileFetchEngine:
                           if failure_rate is not None else None)
         self._tripped: TooManyFailuresError | None = None
         self.workers = workers
-        self.timeout = timeout
+        if network is None:
+            network = NetworkSettings.build(trust_env=trust_env)
+        if timeout is not None:
+            network = network.with_timeout(timeout)
+        self.network = network
+        #: Seconds from request to last byte; connecting has ``network.connect_timeout``.
+        self.timeout = network.read_timeout
         self.retry = retry or RetryPolicy()
         self.redact = redact
-        self.trust_env = trust_env
         self.max_redirects = max_redirects
         self.reauth = reauth
         self.acceptor = acceptor or TileAcceptor()
@@ -948,6 +944,12 @@ class TileFetchEngine:
                 if redirects > self.max_redirects:
                     return "failed", None, self.redact(f"more than {self.max_redirects} redirects")
                 url = urljoin(url, resp.headers[b"location"].decode("latin-1"))
+                target = urlsplit(url)
+                if target.scheme not in ("http", "https") or not target.hostname:
+                    count(False, "redirect")
+                    scheme = f"{target.scheme}:" if target.scheme else "a URL without a host"
+                    return "failed", None, self.redact(f"redirected to a non-HTTP URL ({scheme}), "
+                                                       "not followed")
                 continue
             message = f"HTTP {status} {resp.reason}".rstrip()
             arcgis = _arcgis_error(resp.body)
@@ -1046,37 +1048,40 @@ class TileFetchEngine:
         return resp
 
     def _origin(self, base: str) -> _Origin:
-        parts = urlsplit(base)
-        proxy = _proxy_for(parts.scheme, parts.hostname or "", self.trust_env)
-        origin = _Origin(base, self._header_block, proxy)
+        origin = _Origin(base, self._header_block, self.network.proxy_for(base))
         self._origins[base] = origin
         return origin
 
     async def _connect(self, origin: _Origin) -> _Conn:
         loop = self._loop
         assert loop is not None
-        ssl_ctx: ssl.SSLContext | None = None
-        if origin.scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            ssl_ctx = self._ssl
+        proxy = origin.proxy
+        if self._ssl is None and (origin.scheme == "https" or (proxy is not None and proxy.tls)):
+            self._ssl = self.network.ssl_context()
+        ssl_ctx = self._ssl if origin.scheme == "https" else None
         conn = _Conn(loop, self._conns, self.acceptor.max_size)
+        # TLS from here to the first hop: the proxy when it is an https:// one, else the origin
+        first_tls = self._ssl if proxy is not None and proxy.tls else \
+            (ssl_ctx if not origin.tunnel else None)
+        first_host = proxy.host if proxy is not None else origin.host
         where = f"{origin.connect_host}:{origin.connect_port}"
+        if proxy is not None:
+            where = f"proxy {where}"
+        # whose TLS a handshake failure is about: "proxy " while talking to an https:// proxy
+        tls_host, tls_of = first_host, "proxy " if proxy is not None else ""
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.network.connect_timeout):
+                await loop.create_connection(
+                    lambda: conn, origin.connect_host, origin.connect_port, ssl=first_tls,
+                    server_hostname=first_host if first_tls else None)
+                await conn.made
                 if origin.tunnel:
-                    await loop.create_connection(lambda: conn, origin.connect_host, origin.connect_port)
-                    await conn.made
+                    tls_host, tls_of = origin.host, ""
                     await self._tunnel(conn, origin, ssl_ctx)  # type: ignore[arg-type]
-                else:
-                    await loop.create_connection(
-                        lambda: conn, origin.connect_host, origin.connect_port, ssl=ssl_ctx,
-                        server_hostname=origin.host if ssl_ctx else None)
-                    await conn.made
-        except ssl.SSLCertVerificationError as e:
+        except ssl.SSLError as e:
             conn.abort()
-            raise _AttemptError(f"TLS certificate not trusted for {where}: {e.verify_message}",
-                                retry=False) from None
+            raise _AttemptError(tls_of + tls_words(e, tls_host),  # a distrusted one stays so
+                                retry=not isinstance(e, ssl.SSLCertVerificationError)) from None
         except TimeoutError:
             conn.abort()
             raise _AttemptError(f"timed out connecting to {where}") from None
@@ -1085,7 +1090,7 @@ class TileFetchEngine:
             raise
         except OSError as e:
             conn.abort()
-            raise _AttemptError(f"cannot connect to {where}: {e.strerror or e}") from None
+            raise _AttemptError(f"cannot connect to {where}: {os_words(e)}") from None
         return conn
 
     async def _tunnel(self, conn: _Conn, origin: _Origin, ssl_ctx: ssl.SSLContext) -> None:
@@ -1095,10 +1100,11 @@ class TileFetchEngine:
         resp = await conn.send(request, no_body=True)
         if resp.status != 200:
             raise _AttemptError(f"proxy refused CONNECT to {origin.host}:{origin.port}: HTTP "
-                                f"{resp.status} {resp.reason}", retry=resp.status >= 500)
+                                f"{resp.status} {resp.reason}".rstrip(), retry=resp.status >= 500)
         loop = self._loop
         assert loop is not None and conn.transport is not None
         conn.fut = None
+        # over an https:// proxy this is TLS inside TLS (asyncio supports it since 3.11)
         transport = await loop.start_tls(conn.transport, conn, ssl_ctx, server_hostname=origin.host)
         conn.transport = transport  # type: ignore[assignment]
 

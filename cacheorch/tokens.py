@@ -116,6 +116,9 @@ class TokenProvider:
         self.token_url_override = token_url
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
+        #: The session of the :class:`~cacheorch.connection.Connection` using this provider: the
+        #: token service is reached through the same CA bundle, proxies and timeouts as the rest.
+        self.session: requests.Session | None = None
 
     @classmethod
     def from_env(cls, referer: str | None = None,
@@ -163,8 +166,8 @@ class TokenProvider:
     def _discover(self, root: str, timeout: float) -> str | None:
         """``authInfo.tokenServicesUrl`` of ``<root>/rest/info``, or None if it says nothing."""
         try:
-            response = requests.get(root + "/rest/info", params={"f": "json"},
-                                    headers=self._headers(), timeout=timeout)
+            response = (self.session or requests).get(root + "/rest/info", params={"f": "json"},
+                                                      headers=self._headers(), timeout=timeout)
             data = loads(response.content) if response.status_code == 200 else None
         except (requests.exceptions.RequestException, ValueError):
             return None
@@ -184,13 +187,14 @@ class TokenProvider:
         else:
             form["client"] = "requestip"
         try:
-            response = requests.post(url, data=form, headers=self._headers(), timeout=timeout,
-                                     allow_redirects=False)
+            response = (self.session or requests).post(url, data=form, headers=self._headers(),
+                                                       timeout=timeout, allow_redirects=False)
         except requests.exceptions.Timeout:
             raise ServiceError(f"token service {url}: no answer within {timeout:g} s") from None
         except requests.exceptions.RequestException as exc:
+            from cacheorch.net import describe
             raise ServiceError(f"cannot reach the token service {url}: "
-                               f"{self._clean(type(exc).__name__)}") from None
+                               f"{self._clean(describe(exc, urlsplit(url).hostname))}") from None
         try:
             data = loads(response.content)
         except ValueError:

@@ -78,19 +78,12 @@ def fetch_tilemap(service: Service, connection: Connection, level: int, row: int
                   width: int = BUNDLE_SIZE, height: int = BUNDLE_SIZE) -> Tilemap | None:
     """The tilemap of a block, or None when the service gives no usable one (then fetch tiles)."""
     url = tilemap_url(service, level, row, col, width, height)
-    for attempt in (0, 1):
-        token = connection.token
-        try:
-            response = connection.session.get(url, params=connection.params(f="json"),
-                                              timeout=connection.timeout)
-        except Exception as exc:  # requests raises many types; any of them means "no tilemap"
-            log.debug("tilemap %s/%s/%s: %s", level, row, col, connection.redact(exc))
-            return None
-        if attempt == 0 and _token_rejected(response) and connection.can_renew_token:
-            # A token that expired mid-job: renew it once (shared with the tile fetcher) and retry.
-            if connection.renew_token(token, service.location) is not None:
-                continue
-        break
+    try:  # a token that expired mid-job is renewed there (shared with the tile fetcher)
+        response = connection.request("GET", url, {"f": "json"},
+                                      service_url=service.location)
+    except Exception as exc:  # any failure to ask means "no tilemap": the tiles are fetched
+        log.debug("tilemap %s/%s/%s: %s", level, row, col, connection.redact(exc))
+        return None
     if response.status_code == 422:  # the JS API's reading: nothing in this block
         return Tilemap(level, row, col, np.zeros((height, width), dtype=bool))
     if response.status_code != 200:
@@ -101,19 +94,6 @@ def fetch_tilemap(service: Service, connection: Connection, level: int, row: int
     except ValueError as exc:
         log.debug("tilemap %s/%s/%s: %s", level, row, col, exc)
         return None
-
-
-def _token_rejected(response: Any) -> bool:
-    """ArcGIS says "token expired/invalid" with HTTP 498/499, or with 200 and an error JSON."""
-    if response.status_code in (498, 499):
-        return True
-    if response.status_code != 200 or b'"error"' not in response.content[:200]:
-        return False
-    try:
-        code = loads(response.content).get("error", {}).get("code")
-    except (ValueError, AttributeError):
-        return False
-    return code in (498, 499)
 
 
 def parse_tilemap(data: Any, level: int, row: int, col: int, width: int, height: int) -> Tilemap:

@@ -14,9 +14,9 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
-from cacheorch.errors import AuthError, CacheorchError
+from cacheorch.connection import with_token
 from cacheorch.fetch import RetryPolicy, TileFetchEngine
 from cacheorch.hookspecs import hookimpl
 from cacheorch.interfaces import Service, TileFetcher, TileResult, TileSource
@@ -64,40 +64,9 @@ def tile_url_maker(service: Service, connection: Connection) -> Callable[[TileKe
     return url
 
 
-def with_token(url: str, token: str) -> str:
-    """``url`` with its ``token`` parameter set to ``token`` (added if absent)."""
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "token"]
-    query.append(("token", token))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _token_of(url: str) -> str | None:
-    for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True):
-        if k == "token":
-            return v
-    return None
-
-
 def token_renewer(service: Service, connection: Connection) -> Callable[[str], str | None]:
-    """The engine's ``reauth``: renew the token a refused URL carried; the URL with the new one.
-
-    Credentials refused by the token service end the job (every tile would fail the same way);
-    a token service that cannot be reached fails only the tile, so a resume can pick it up.
-    """
-    def reauth(url: str) -> str | None:
-        used = _token_of(url)
-        try:
-            token = connection.renew_token(used, service.location)
-        except AuthError:
-            raise
-        except CacheorchError as exc:
-            log.warning("token renewal failed: %s", connection.redact(exc))
-            return None
-        if not token or token == used:
-            return None
-        return with_token(url, token)
-    return reauth
+    """The engine's ``reauth``: :meth:`Connection.reauthorised_url` for ``service``."""
+    return lambda url: connection.reauthorised_url(url, service.location)
 
 
 class RestTileFetcher(TileFetcher):
@@ -127,7 +96,8 @@ class RestTileSource(TileSource):
         backoff_cap: float = 10.0
         #: Longest wait a server may ask for with Retry-After (429/503).
         retry_after_cap: float = 60.0
-        #: Use HTTP_PROXY / HTTPS_PROXY / NO_PROXY from the environment.
+        #: Go through the command's proxies (flags, config, HTTP(S)_PROXY / NO_PROXY); false:
+        #: every connection direct.
         trust_env: bool = True
 
     @classmethod
@@ -139,11 +109,10 @@ class RestTileSource(TileSource):
         engine = TileFetchEngine(
             workers=workers,
             headers=connection.request_headers(),
-            timeout=connection.timeout,
+            network=connection.network if opts.trust_env else connection.network.without_proxies(),
             retry=RetryPolicy(retries=connection.retries, backoff=opts.backoff,
                               backoff_cap=opts.backoff_cap, retry_after_cap=opts.retry_after_cap),
             redact=connection.redact,
-            trust_env=opts.trust_env,
             reauth=token_renewer(service, connection) if connection.can_renew_token else None,
             max_rps=connection.max_rps,
             failure_rate=connection.max_failure_rate,

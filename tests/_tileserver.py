@@ -426,11 +426,13 @@ class ProxyServer:
 
 
 def _pipe(a: socket.socket, b: socket.socket) -> None:
-    """Copy bytes both ways until either side closes."""
+    """Copy bytes both ways until either side closes (TLS bytes already decrypted count as
+    ready: select cannot see them)."""
     socks = [a, b]
     try:
         while True:
-            ready, _, _ = select.select(socks, [], [], 10)
+            ready = [s for s in socks if isinstance(s, ssl.SSLSocket) and s.pending()] or \
+                select.select(socks, [], [], 10)[0]
             if not ready:
                 return
             for s in ready:

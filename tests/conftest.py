@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,10 +15,8 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:  # shared test helpers (_tileserver, _gdal) import by bare name
     sys.path.insert(0, str(TESTS))
 
-#: The real files from public projects (never edited).
-FIXTURES = (TESTS.parent.parent / "shared" / "fixtures")
-if not FIXTURES.is_dir():
-    FIXTURES = Path(os.environ.get("CACHEORCH_FIXTURES", "/work/shared/fixtures"))
+#: The real files from public projects, carried in the repository (never edited; see SOURCES.txt).
+FIXTURES = TESTS / "fixtures"
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +33,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fixtures() -> Path:
+    """The fixtures folder; its absence fails the test (a missing file is never a skip)."""
     if not FIXTURES.is_dir():
-        pytest.skip("shared fixtures folder not found")
+        pytest.fail(f"fixtures folder missing: {FIXTURES}", pytrace=False)
     return FIXTURES
 
 

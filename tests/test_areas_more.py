@@ -311,7 +311,6 @@ def corners_3857(poly: Polygon, src="EPSG:2056"):
                                           ("GPKG", "parcels.gpkg"),
                                           ("OpenFileGDB", "City.gdb")])
 def test_layers_in_their_own_spatial_reference(tmp_path, driver, name):
-    pytest.importorskip("pyogrio")
     path = tmp_path / name
     write_layer(path, [LV95_HOLED, box(2620000, 1200000, 2621000, 1201000)], driver,
                 layer="parcels", crs="EPSG:2056")
@@ -323,7 +322,6 @@ def test_layers_in_their_own_spatial_reference(tmp_path, driver, name):
 
 
 def test_layer_choice_and_missing_spatial_reference(tmp_path):
-    pytest.importorskip("pyogrio")
     gpkg = tmp_path / "data.gpkg"
     write_layer(gpkg, [LV95_BOX], "GPKG", layer="districts", crs="EPSG:2056")
     write_layer(gpkg, [box(7, 46, 8, 47)], "GPKG", layer="lakes", crs="EPSG:4326", append=True)

@@ -245,7 +245,7 @@ def test_merge_on_an_unreachable_cluster_leaves_the_old_output_alone(cli, server
                                                                       monkeypatch) -> None:
     """Merging through dask works (tests/test_dask_executor.py); a scheduler that cannot be
     reached ends the job with one line, and the old output is untouched."""
-    pytest.importorskip("distributed")
+    import distributed  # noqa: F401  (in [test])
     import cacheorch.dask_executor as executor
     monkeypatch.setattr(executor, "_CONNECT_TIMEOUT", 1.0)
     output = tmp_path / "out.gpkg"

@@ -27,7 +27,7 @@ from cacheorch.formats.cache import TileCache, open_cache
 from cacheorch.serve import CacheServer, default_service_name, run_server
 from cacheorch.tiling import web_mercator_scheme
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TPKX = FIXTURES / "esri_tpkx_sample" / "Usa.tpkx"
 COMPACT = FIXTURES / "esri_compactcache_sample"
 STREET_MAP_JSON = FIXTURES / "mapserver_json" / "World_Street_Map_MapServer_v10.01.json"
@@ -37,7 +37,7 @@ TPKX_GOOD_LEVELS = range(2, 6)
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"fixture {path} not found")
+        pytest.fail(f"fixture missing: {path}", pytrace=False)
     return path
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-pyogrio = pytest.importorskip("pyogrio")
-np = pytest.importorskip("numpy")
-shapely = pytest.importorskip("shapely")
-from shapely.geometry import box  # noqa: E402
+import numpy as np
+import pyogrio
+import shapely
+from shapely.geometry import box
 
 from cacheorch.errors import FormatError, SchemeError, ServiceError  # noqa: E402
 from cacheorch.formats.confxml import read_conf_xml, write_conf_xml  # noqa: E402
@@ -258,7 +258,6 @@ def test_registered_by_its_hook() -> None:
 def test_a_status_gdb_as_service_exports_the_caches_tiles(cli, monkeypatch, fixtures,
                                                          tmp_path: Path) -> None:
     """``--service …/Status.gdb``: the levels the status lists, the tiles from the cache beside it."""
-    pytest.importorskip("cacheorch.plugins.tiles_cache")
     from cacheorch import pluginmanager
     from cacheorch.formats.bundle import BundleReader, parse_bundle_name
     _register(monkeypatch, MODULE, "cacheorch.plugins.scales_conf",

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from cacheorch.cli import App
+from cacheorch.cli.network import network_options, network_settings
 from cacheorch.connection import Connection
 from cacheorch.jobplan import read_service
 from cacheorch.jobspec import PluginSpec
@@ -74,11 +75,12 @@ def plugins_command(app: App, as_json: bool, hook: str | None) -> None:
 @click.option("--token", help="ArcGIS token (default: $ARCGIS_TOKEN). Never stored.")
 @click.option("--referer", help="Referer header.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@network_options
 @click.pass_obj
 def scales_command(app: App, source: str, source_name: str | None, token: str | None,
                    referer: str | None, as_json: bool) -> None:
     """Print the levels of a service URL, cache folder, package, or "defaults"."""
-    connection = Connection.from_env(token=token, referer=referer)
+    connection = Connection.from_env(token=token, referer=referer, network=network_settings(app))
     spec = PluginSpec(source_name, {}, "--source") if source_name else None
     if source in app.config.services and not source_name:
         from cacheorch.jobspec import _service_from_config

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from cacheorch.cli import App
+from cacheorch.cli.network import network_options, network_settings
 from cacheorch.connection import Connection
 from cacheorch.errors import JobFailedError
 from cacheorch.jobplan import JobPlan, make_plan
@@ -67,6 +68,7 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "is a failed tile, and is not read past that size."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
     ]
+    func = network_options(func)  # listed last in --help
     for option in reversed(options):
         func = option(func)
     return func
@@ -75,7 +77,7 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _spec_and_connection(app: App, kw: dict[str, Any]) -> tuple[JobSpec, Connection]:
     spec = job_spec_from(app.config, kw.pop("job"), kw)
     connection = Connection.from_env(token=kw.get("token"), referer=spec.referer,
-                                     **spec.connection_options())
+                                     network=network_settings(app), **spec.connection_options())
     return spec, connection
 
 
@@ -276,6 +278,7 @@ def _pinned(spec: JobSpec, job: dict[str, Any]) -> JobSpec:
               help="Refetch only the tiles recorded as failed, keeping the other tiles of their "
                    "staged bundles (default: refetch those bundles whole).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@network_options
 @click.pass_obj
 def resume_command(app: App, job_id: int, token: str | None, as_json: bool,
                    retry_failed: bool = False) -> None:
@@ -287,7 +290,7 @@ def resume_command(app: App, job_id: int, token: str | None, as_json: bool,
     check_resumable(job)
     spec = _pinned(JobSpec.from_parameters(params), job)
     connection = Connection.from_env(token=token, referer=spec.referer,
-                                     **spec.connection_options())
+                                     network=network_settings(app), **spec.connection_options())
     plan = make_plan(app.plugins, spec, connection)
     fingerprint = params.get("fingerprint")
     if fingerprint and fingerprint != plan.service.scheme.fingerprint():

@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import requests
 import shapely
 from shapely.geometry.base import BaseGeometry
 
@@ -43,7 +42,6 @@ DEFAULT_PAGE = 1000
 #: A runaway server (exceededTransferLimit forever) stops here.
 MAX_PAGES = 100_000
 _KEYS = {"where"}
-_AUTH_CODES = {498, 499}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -97,39 +95,27 @@ class LayerQuery:
     def _get(self, url: str, params: dict[str, Any]) -> dict[str, Any]:
         """GET ``url?f=json&…`` with the token; ArcGIS errors (HTTP 200 + error JSON) raise."""
         conn = self.connection
-        for attempt in (1, 2):
-            token = conn.token
-            try:
-                response = conn.session.get(url, params=conn.params(f="json", **params),
-                                            timeout=conn.timeout)
-            except requests.RequestException as exc:
-                raise AreaError(f"{self.what}: {conn.redact(type(exc).__name__)} reaching "
-                                f"{url}") from None
-            try:
-                data = response.json()
-            except ValueError:
-                raise AreaError(f"{self.what}: {url} answered HTTP {response.status_code} with "
-                                f"something that is not JSON") from None
-            error = data.get("error") if isinstance(data, dict) else None
-            if error is None and response.status_code >= 400:
-                error = {"code": response.status_code, "message": response.reason}
-            if error is None:
-                if not isinstance(data, dict):
-                    raise AreaError(f"{self.what}: {url} answered JSON that is not an object")
-                return data
-            code = error.get("code")
-            if code in _AUTH_CODES and attempt == 1 and conn.can_renew_token:
-                try:
-                    if conn.renew_token(token, url):
-                        continue
-                except CacheorchError as exc:
-                    raise AreaError(f"{self.what}: {exc}") from None
-            message = " ".join(str(error.get("message") or "error").split())
-            details = "; ".join(str(d) for d in error.get("details") or () if d)
-            text = f"{self.what}: the layer answered error {code}: {message}" + \
-                (f" ({details})" if details else "")
-            raise AreaError(conn.redact(text))
-        raise AreaError(f"{self.what}: the layer refused the renewed token")  # pragma: no cover
+        try:  # a refused token is renewed once there, as for every other request
+            response = conn.request("GET", url, {"f": "json", **params})
+        except CacheorchError as exc:
+            raise AreaError(f"{self.what}: {conn.redact(exc)}") from None
+        try:
+            data = response.json()
+        except ValueError:
+            raise AreaError(f"{self.what}: {url} answered HTTP {response.status_code} with "
+                            f"something that is not JSON") from None
+        error = data.get("error") if isinstance(data, dict) else None
+        if error is None and response.status_code >= 400:
+            error = {"code": response.status_code, "message": response.reason}
+        if error is None:
+            if not isinstance(data, dict):
+                raise AreaError(f"{self.what}: {url} answered JSON that is not an object")
+            return data
+        message = " ".join(str(error.get("message") or "error").split())
+        details = "; ".join(str(d) for d in error.get("details") or () if d)
+        text = f"{self.what}: the layer answered error {error.get('code')}: {message}" + \
+            (f" ({details})" if details else "")
+        raise AreaError(conn.redact(text))
 
     def _query(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._get(self.url + "/query", params)
