@@ -327,3 +327,28 @@ def test_a_full_disk_during_a_job_is_exit_1_naming_the_path_and_resumable(
         again = cli("resume", str(job["id"]))
         assert again.code == 0, again.stderr
     assert output.exists()
+
+
+def test_a_full_sqlite_output_is_exit_1_too(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite says "database or disk is full" (SQLITE_FULL) on its own: the same exit 1, resumable."""
+    from cacheorch.plugins import _sqlite_staging
+
+    cls = _sqlite_staging.SqliteStagingSession
+    prepare = cls._prepare
+
+    def small(self):  # noqa: ANN001, ANN202 - a database that may not grow past a few pages
+        conn = prepare(self)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        return conn
+    output = tmp_path / "out.mbtiles"
+    with _job_server({}) as srv:
+        url = srv.url + "/arcgis/rest/services/T/MapServer"
+        with monkeypatch.context() as patch:
+            patch.setattr(cls, "_prepare", small)
+            result = cli("run", "--service", url, "--levels", str(LEVEL), "--exporter", "mbtiles",
+                         "--output", str(output))
+        assert result.code == 1, result.stderr
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+        assert "full" in result.stderr and "cacheorch resume" in result.stderr
+        assert str(output) in result.stderr, result.stderr  # the staging database beside the output
