@@ -5,12 +5,13 @@ description) parses the same way.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import urljoin
 
 from cacheorch.errors import NotCachedError, SchemeError, ServiceError
 from cacheorch.interfaces import Service
-from cacheorch.tiling import Envelope, LevelOfDetail, SpatialReference, TilingScheme
+from cacheorch.tiling import MAX_LEVEL_ID, Envelope, LevelOfDetail, SpatialReference, TilingScheme
 
 __all__ = ["scheme_from_tile_info", "service_from_json", "arcgis_error", "storage_format",
            "service_name", "tile_servers"]
@@ -39,7 +40,7 @@ def _number(value: Any, what: str, where: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise SchemeError(f"{where}: {what} is {value!r}, not a number") from None
+        raise SchemeError(f"{where}: {what} is {value!r:.40}, not a number") from None
 
 
 def scheme_from_tile_info(tile_info: dict[str, Any], where: str, *, units: str = "esriMeters",
@@ -54,28 +55,53 @@ def scheme_from_tile_info(tile_info: dict[str, Any], where: str, *, units: str =
     lods_json = tile_info.get("lods")
     if not isinstance(lods_json, list) or not lods_json:
         raise SchemeError(f"{where}: tileInfo has no lods")
+    if len(lods_json) > MAX_LEVEL_ID + 1:
+        raise SchemeError(f"{where}: tileInfo lists {len(lods_json)} lods; a scheme has at most "
+                          f"{MAX_LEVEL_ID + 1}")
     lods = []
     for i, lod in enumerate(lods_json):
         if not isinstance(lod, dict):
             raise SchemeError(f"{where}: lods[{i}] is not an object")
         level = _number(lod.get("level", i), f"lods[{i}].level", where)
-        if level != int(level):
+        if not math.isfinite(level) or level != int(level):
             raise SchemeError(f"{where}: lods[{i}].level is {lod.get('level')!r}, not a whole number")
         lods.append(LevelOfDetail(int(level), _number(lod.get("scale"), f"lods[{i}].scale", where),
                                   _number(lod.get("resolution"), f"lods[{i}].resolution", where)))
     if not isinstance(origin, dict):
         raise SchemeError(f"{where}: tileInfo.origin is not an object")
-    sr = SpatialReference.from_json(tile_info.get("spatialReference"))
-    return TilingScheme(
-        origin_x=_number(origin.get("x"), "origin.x", where),
-        origin_y=_number(origin.get("y"), "origin.y", where),
-        tile_cols=int(tile_info.get("cols") or 256), tile_rows=int(tile_info.get("rows") or 256),
-        dpi=int(tile_info.get("dpi") or 96), spatial_reference=sr, lods=tuple(lods),
-        tile_format=str(tile_info.get("format") or "PNG"),
-        compression_quality=int(tile_info.get("compressionQuality") or 0),
-        units=units or "esriMeters", full_extent=full_extent, initial_extent=initial_extent,
-        min_lod=min_lod, max_lod=max_lod, name=name,
-    )
+    # Validated before any planning (TilingScheme checks the values): a hostile tileInfo is
+    # one line and exit 2, never a MemoryError, an OverflowError or a NaN grid.
+    try:
+        sr = SpatialReference.from_json(tile_info.get("spatialReference"))
+        if not sr.is_known:
+            raise SchemeError("tileInfo has no spatialReference (wkid or wkt)")
+        return TilingScheme(
+            origin_x=_number(origin.get("x"), "origin.x", where),
+            origin_y=_number(origin.get("y"), "origin.y", where),
+            tile_cols=_whole(tile_info.get("cols"), "cols", 256),
+            tile_rows=_whole(tile_info.get("rows"), "rows", 256),
+            dpi=_whole(tile_info.get("dpi"), "dpi", 96), spatial_reference=sr, lods=tuple(lods),
+            tile_format=str(tile_info.get("format") or "PNG"),
+            compression_quality=_whole(tile_info.get("compressionQuality"), "compressionQuality", 0),
+            units=units or "esriMeters", full_extent=full_extent, initial_extent=initial_extent,
+            min_lod=min_lod, max_lod=max_lod, name=name,
+        )
+    except SchemeError as exc:
+        text = str(exc)
+        raise SchemeError(text if text.startswith(where) else f"{where}: {text}") from None
+
+
+def _whole(value: Any, what: str, default: int) -> int:
+    """A whole number of tileInfo (cols, rows, dpi...), ``default`` when absent or 0."""
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SchemeError(f"tileInfo.{what} is {value!r:.40}, not a number") from None
+    if not math.isfinite(number) or number != int(number):
+        raise SchemeError(f"tileInfo.{what} is {value!r:.40}, not a whole number")
+    return int(number)
 
 
 def service_name(location: str, data: dict[str, Any]) -> str:
@@ -121,7 +147,8 @@ def service_from_json(location: str, data: Any) -> Service:
 
     def lod_bound(key: str) -> int | None:
         value = data.get(key)
-        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value) else None
 
     scheme = scheme_from_tile_info(
         tile_info, location, units=str(data.get("units") or "esriMeters"),
@@ -139,7 +166,7 @@ def service_from_json(location: str, data: Any) -> Service:
         capabilities=capabilities, tile_servers=servers,
         export_tiles_allowed=bool(data.get("exportTilesAllowed", False)),
         max_export_tiles_count=int(max_export) if isinstance(max_export, (int, float))
-        and not isinstance(max_export, bool) else None,
+        and not isinstance(max_export, bool) and math.isfinite(max_export) else None,
         description=str(data.get("serviceDescription") or data.get("description") or ""),
         copyright=str(data.get("copyrightText") or ""),
         storage_format=storage_format(data),

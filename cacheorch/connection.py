@@ -21,7 +21,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 
 from cacheorch import __version__
+from cacheorch.jsonlimits import JSONTooDeepError, loads
 from cacheorch.net import NetworkSettings, describe
+from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE
 from cacheorch.tokens import TokenProvider
 
 __all__ = ["Connection", "redact_url", "with_token", "USER_AGENT", "AUTH_CODES",
@@ -113,6 +115,8 @@ class Connection:
     #: failed (None: never); the job ends failed and resumable.
     max_failure_rate: float | None = None
     failure_window: int = 200
+    #: Bytes a tile may have at most; a larger one is a failed tile (see cacheorch.net.acceptor).
+    max_tile_size: int = DEFAULT_MAX_TILE_SIZE
     #: Renew a token this many seconds before its issuer said it expires (at most a quarter
     #: of its lifetime, so short-lived tokens are not renewed on every request).
     renew_ahead: float = 120.0
@@ -264,8 +268,15 @@ class Connection:
         :class:`~cacheorch.errors.AuthError` / :class:`~cacheorch.errors.ServiceError` with a
         one-line, redacted message.
         """
+        from cacheorch.errors import ServiceError
         response = self.request("GET", url, {"f": "json", **(params or {})})
-        return self._json_or_error(url, response, _json_of(response))
+        try:
+            data = loads(response.content)
+        except JSONTooDeepError as exc:  # said as such, not as "did not answer JSON"
+            raise ServiceError(f"{self.redact(url)}: {exc}") from None
+        except ValueError:
+            data = None
+        return self._json_or_error(url, response, data)
 
     def request(self, method: Literal["GET", "POST"], url: str, params: dict[str, Any], *,
                 headers: dict[str, str] | None = None, stream: bool = False,
@@ -363,8 +374,9 @@ class Connection:
 
 
 def _json_of(response: requests.Response) -> Any:
+    """The answer's JSON (nesting bounded: cacheorch.jsonlimits), else None."""
     try:
-        return response.json()
+        return loads(response.content)
     except ValueError:
         return None
 

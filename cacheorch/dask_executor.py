@@ -33,6 +33,7 @@ from cacheorch.connection import Connection
 from cacheorch.errors import CacheorchError, UsageError
 from cacheorch.interfaces import Service, TileFetcher, TileSource
 from cacheorch.net import NetworkSettings
+from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE
 from cacheorch.planner import BundlePlan
 from cacheorch.tiling import TileKey
 from cacheorch.writer import BundleWriterThread
@@ -73,6 +74,7 @@ class Credentials:
     max_rps: float | None = None
     max_failure_rate: float | None = None
     failure_window: int = 200
+    max_tile_size: int = DEFAULT_MAX_TILE_SIZE
     #: CA bundle, proxies and timeouts: workers reach the service as this process does.
     network: NetworkSettings | None = None
 
@@ -83,7 +85,8 @@ class Credentials:
         return cls(connection.token, connection.referer, connection.user_agent, connection.timeout,
                    connection.retries, tuple(sorted(connection.headers.items())),
                    max_rps / max(1, threads) if max_rps else None,
-                   connection.max_failure_rate, connection.failure_window, connection.network)
+                   connection.max_failure_rate, connection.failure_window, connection.max_tile_size,
+                   connection.network)
 
     def connection(self) -> Connection:
         """A connection with no token provider: workers never hold the user's password."""
@@ -91,7 +94,8 @@ class Credentials:
                           timeout=None if self.network else self.timeout, retries=self.retries,
                           headers=dict(self.headers),
                           max_rps=self.max_rps, max_failure_rate=self.max_failure_rate,
-                          failure_window=self.failure_window, network=self.network)
+                          failure_window=self.failure_window, max_tile_size=self.max_tile_size,
+                          network=self.network)
 
     def __repr__(self) -> str:  # dask logs a failed task's arguments
         return f"Credentials(token={'***' if self.token else None}, referer={self.referer!r})"

@@ -17,7 +17,7 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from cacheorch.areas import repair
-from cacheorch.errors import AreaError
+from cacheorch.errors import AreaError, SchemeError
 from cacheorch.tiling import SpatialReference
 
 __all__ = ["is_esri_json", "read_esri_json", "polygon_from_rings", "EsriArea"]
@@ -59,7 +59,7 @@ def _sr(data: Any, name: str) -> SpatialReference | None:
     try:
         sr = SpatialReference.from_json(data) \
             if any(k in data for k in ("wkid", "latestWkid", "wkt")) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, SchemeError):
         raise AreaError(f"{name}: spatialReference wkid {data.get('wkid')!r} is not a number") \
             from None
     if sr is not None and sr.wkid is None and sr.latest_wkid is None and not sr.wkt:

@@ -31,6 +31,7 @@ from shapely.geometry.polygon import orient
 from cacheorch.arcgis_json import arcgis_error
 from cacheorch.connection import AUTH_CODES, NO_CREDENTIALS_HINT, Connection, _peek_json
 from cacheorch.errors import AuthError, ExportError, ServiceError
+from cacheorch.jsonlimits import loads
 from cacheorch.net import describe
 from cacheorch.tiling import SpatialReference, format_levels
 
@@ -185,7 +186,7 @@ class ExportTilesClient:
         response = self._send(method, url, dict(params, f="json"))
         shown = self._shown(url)
         try:
-            data = response.json()
+            data = loads(response.content)
         except ValueError:
             data = None
         error = arcgis_error(data)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import logging
 import random
 import re
@@ -39,8 +38,9 @@ from urllib.parse import quote, urljoin, urlsplit
 from cacheorch.connection import _SECRET_IN_TEXT as _SECRET_RE
 from cacheorch.connection import USER_AGENT
 from cacheorch.errors import JobFailedError
-from cacheorch.formats.png import is_image
+from cacheorch.jsonlimits import loads
 from cacheorch.net import NetworkSettings, Proxy, os_words, tls_words
+from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE, TileAcceptor
 
 __all__ = ["RetryPolicy", "FetchResult", "TileFetchEngine", "fetch_tiles", "redact_text",
            "RateLimiter", "FailureWindow", "TooManyFailuresError"]
@@ -54,6 +54,9 @@ Status = Literal["ok", "missing", "failed"]
 _UNSAFE_TARGET = re.compile(r"[^\x21-\x7e]")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_HEAD = 64 * 1024
+#: A chunk-size or trailer line longer than this is not HTTP (it would grow a buffer forever).
+_MAX_LINE = 4096
+_HEX = re.compile(rb"[0-9a-fA-F]{1,15}")
 #: ArcGIS's "invalid or expired token" and "token required".
 _TOKEN_CODES = frozenset({498, 499})
 
@@ -202,9 +205,12 @@ class _Response:
 class _Conn(asyncio.Protocol):
     """A keep-alive HTTP/1.1 connection carrying one request at a time (no pipelining)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, registry: set[_Conn]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, registry: set[_Conn],
+                 max_body: int = DEFAULT_MAX_TILE_SIZE) -> None:
         self.loop = loop
         self.registry = registry
+        #: Bytes of body at most: a larger answer is refused while it is read, not after.
+        self.max_body = max_body
         self.transport: asyncio.Transport | None = None
         self.usable = False
         self.fut: asyncio.Future[_Response] | None = None
@@ -280,6 +286,8 @@ class _Conn(asyncio.Protocol):
             elif self.state == _UNTIL_CLOSE:
                 self.chunks.append(data)
                 self.got += len(data)
+                if self.got > self.max_body:
+                    raise self._too_big(f"more than {self.got} bytes")
             elif self.state == _DONE:
                 self._finish()
         except _AttemptError as e:
@@ -312,7 +320,11 @@ class _Conn(asyncio.Protocol):
         headers: dict[bytes, bytes] = {}
         for line in lines[1:]:
             name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
+            name = name.strip().lower()
+            if name in headers:  # repeated: one comma-separated list (RFC 9110 §5.3)
+                headers[name] += b"," + value.strip()
+            else:
+                headers[name] = value.strip()
         self.status = status
         self.reason = parts[2].decode("latin-1", "replace") if len(parts) > 2 else ""
         self.headers = headers
@@ -332,11 +344,12 @@ class _Conn(asyncio.Protocol):
             self.cbuf = b""
             self.cstate = 0
             self.cleft = 0
+            if b"content-length" in headers:  # both: chunked wins, the connection is suspect
+                self.keep = False
         elif b"content-length" in headers:
-            try:
-                self.need = int(headers[b"content-length"])
-            except ValueError:
-                raise _AttemptError("bad Content-Length") from None
+            self.need = _content_length(headers[b"content-length"])
+            if self.need > self.max_body:
+                raise self._too_big(f"{self.need} bytes announced")
             self.state = _FIXED
             if self.need == 0:
                 self.state = _DONE
@@ -358,10 +371,11 @@ class _Conn(asyncio.Protocol):
                 if eol < 0:
                     break
                 size_text = buf[pos:eol].split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise _AttemptError(f"bad chunk size {size_text[:20]!r}") from None
+                if _HEX.fullmatch(size_text) is None:
+                    raise _AttemptError(f"bad chunk size {size_text[:20]!r}")
+                size = int(size_text, 16)
+                if self.got + size > self.max_body:
+                    raise self._too_big(f"a chunk of {size} bytes after {self.got}")
                 pos = eol + 2
                 if size == 0:
                     self.cstate = 3
@@ -396,6 +410,12 @@ class _Conn(asyncio.Protocol):
                     self._finish()
                     return
         self.cbuf = buf[pos:]
+        if self.cstate != 1 and len(self.cbuf) > _MAX_LINE:
+            raise _AttemptError("malformed chunked body (a chunk-size or trailer line too long)")
+
+    def _too_big(self, what: str) -> _AttemptError:
+        return _AttemptError(f"tile larger than the maximum tile size of {self.max_body} bytes "
+                             f"({what})")
 
     def _finish(self) -> None:
         fut = self.fut
@@ -562,8 +582,9 @@ class TileFetchEngine:
         to retry with, carrying a renewed token, or None to fail the tile. It runs in a worker
         thread, so it may block on a token service while other requests go on; each tile is
         re-authorised at most once. An exception it raises ends the fetch.
-    :param accept: whether a 200 body is a tile (default: an image's magic bytes); a vector
-        tile source passes its own test, and ``accept_label`` names what was expected.
+    :param acceptor: what a whole tile is (the service's format, the maximum tile size): a body
+        it refuses is never a tile, and a body past its size is not read on. Images of any
+        format, up to 16 MiB, by default.
     """
 
     def __init__(self, *, workers: int = 8, headers: dict[str, str] | None = None,
@@ -573,8 +594,7 @@ class TileFetchEngine:
                  reauth: Callable[[str], str | None] | None = None,
                  max_rps: float | None = None, failure_rate: float | None = None,
                  failure_window: int = 200, network: NetworkSettings | None = None,
-                 accept: Callable[[bytes], bool] = is_image,
-                 accept_label: str = "an image") -> None:
+                 acceptor: TileAcceptor | None = None) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._limiter = RateLimiter(max_rps) if max_rps else None
@@ -593,7 +613,7 @@ class TileFetchEngine:
         self.redact = redact
         self.max_redirects = max_redirects
         self.reauth = reauth
-        self.accept, self.accept_label = accept, accept_label
+        self.acceptor = acceptor or TileAcceptor()
         hdrs = {"User-Agent": USER_AGENT, "Accept": "*/*"}
         hdrs.update(headers or {})
         self._header_block = _header_block(hdrs)
@@ -850,6 +870,7 @@ class TileFetchEngine:
     async def _get(self, url: str, begun: _Begun | None = None
                    ) -> tuple[Status, bytes | None, str | None]:
         retry = self.retry
+        acceptor = self.acceptor
         attempt = 0
         redirects = 0
         stale_replays = 0
@@ -882,7 +903,8 @@ class TileFetchEngine:
                     count(True)
                     return "missing", None, None
                 body = resp.body
-                if self.accept(body):
+                defect = acceptor.defect(body)
+                if defect is None and (acceptor.images_only or _arcgis_error(body) is None):
                     count(True)
                     return "ok", body, None
                 arcgis = _arcgis_error(body)
@@ -900,9 +922,18 @@ class TileFetchEngine:
                         attempt += 1
                         continue
                     return "failed", None, self._fail(message, attempt)
+                if defect is not None and not acceptor.wrong_kind(defect):
+                    # cut short, trailing bytes, too big: a whole copy may come next time
+                    message = str(defect)
+                    count(False, message)
+                    if attempt < retry.retries:
+                        await self._pause(url, message, retry.delay(attempt))
+                        attempt += 1
+                        continue
+                    return "failed", None, self._fail(message, attempt)
                 ctype = resp.headers.get(b"content-type", b"no content type").decode("latin-1")
                 ctype = ctype.split(";")[0].strip()
-                message = f"not {self.accept_label} ({ctype}, {len(body)} bytes)"
+                message = f"not {acceptor.expected} ({ctype}, {len(body)} bytes)"
                 count(False, message)
                 return "failed", None, self.redact(message)
             if status == 404 or status == 204:
@@ -1013,7 +1044,7 @@ class TileFetchEngine:
             conn.abort()
         encoding = resp.headers.get(b"content-encoding")
         if encoding is not None and resp.body:
-            resp.body = _decode(encoding, resp.body)
+            resp.body = _decode(encoding, resp.body, self.acceptor.max_size)
         return resp
 
     def _origin(self, base: str) -> _Origin:
@@ -1028,7 +1059,7 @@ class TileFetchEngine:
         if self._ssl is None and (origin.scheme == "https" or (proxy is not None and proxy.tls)):
             self._ssl = self.network.ssl_context()
         ssl_ctx = self._ssl if origin.scheme == "https" else None
-        conn = _Conn(loop, self._conns)
+        conn = _Conn(loop, self._conns, self.acceptor.max_size)
         # TLS from here to the first hop: the proxy when it is an https:// one, else the origin
         first_tls = self._ssl if proxy is not None and proxy.tls else \
             (ssl_ctx if not origin.tunnel else None)
@@ -1078,22 +1109,52 @@ class TileFetchEngine:
         conn.transport = transport  # type: ignore[assignment]
 
 
-def _decode(encoding: bytes, body: bytes) -> bytes:
-    """The body without its Content-Encoding (we ask for none, but some servers gzip anyway)."""
+def _content_length(value: bytes) -> int:
+    """A Content-Length header's value; repeated ones must agree (RFC 9110 §8.6).
+
+    Why strict: a negative length, or two lengths that differ, mean the server (or something
+    between) frames responses wrongly, and a body taken by either reading may be a piece of
+    another; ``int()`` alone would also take ``-5``, ``+5`` and ``5_0``.
+    """
+    values = {v.strip() for v in value.split(b",")} if b"," in value else {value}
+    if len(values) != 1:
+        raise _AttemptError(f"conflicting Content-Length values {value[:40]!r}")
+    text = values.pop()
+    if not text.isdigit() or len(text) > 18:
+        raise _AttemptError(f"bad Content-Length {text[:20]!r}")
+    return int(text)
+
+
+def _decode(encoding: bytes, body: bytes, limit: int = DEFAULT_MAX_TILE_SIZE) -> bytes:
+    """The body without its Content-Encoding (we ask for none, but some servers gzip anyway).
+
+    Inflated at most to ``limit`` bytes: a gzip bomb (kilobytes that inflate to gigabytes) costs
+    ``limit`` bytes of memory and is refused; a stream cut short is refused too.
+    """
     name = encoding.strip().lower()
     if name in (b"", b"identity"):
         return body
-    try:
-        if name in (b"gzip", b"x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if name == b"deflate":  # zlib-wrapped per the RFC; raw deflate in practice, too
-            try:
-                return zlib.decompress(body)
-            except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-    except zlib.error as e:
-        raise _AttemptError(f"corrupt {name.decode('latin-1')} body: {e}") from None
-    raise _AttemptError(f"unsupported Content-Encoding {name.decode('latin-1')!r}", retry=False)
+    if name in (b"gzip", b"x-gzip"):
+        wbits = (16 + zlib.MAX_WBITS,)
+    elif name == b"deflate":  # zlib-wrapped per the RFC; raw deflate in practice, too
+        wbits = (zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    else:
+        raise _AttemptError(f"unsupported Content-Encoding {name.decode('latin-1')!r}", retry=False)
+    for i, bits in enumerate(wbits):
+        inflater = zlib.decompressobj(bits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error as e:
+            if i + 1 < len(wbits):
+                continue
+            raise _AttemptError(f"corrupt {name.decode('latin-1')} body: {e}") from None
+        if len(out) > limit:
+            raise _AttemptError(f"tile larger than the maximum tile size of {limit} bytes (a "
+                                f"{len(body)}-byte {name.decode('latin-1')} body inflates past it)")
+        if not inflater.eof:
+            raise _AttemptError(f"corrupt {name.decode('latin-1')} body: the stream is cut short")
+        return out
+    raise AssertionError("unreachable")
 
 
 def _arcgis_error(body: bytes) -> tuple[int | None, str] | None:
@@ -1101,7 +1162,7 @@ def _arcgis_error(body: bytes) -> tuple[int | None, str] | None:
     if len(body) > 65536 or body.lstrip()[:1] != b"{":
         return None
     try:
-        doc = json.loads(body)
+        doc = loads(body)
     except ValueError:
         return None
     err = doc.get("error") if isinstance(doc, dict) else None

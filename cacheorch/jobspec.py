@@ -75,6 +75,8 @@ class JobSpec:
     executor: str = "local"
     #: The dask scheduler's address (``tcp://HOST:PORT``) for ``executor = dask``.
     scheduler: str | None = None
+    #: Bytes a tile may have at most (None: the tile acceptor's default, 16 MiB).
+    max_tile_size: int | None = None
 
     def connection_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`~cacheorch.connection.Connection` (run and resume)."""
@@ -83,6 +85,8 @@ class JobSpec:
                                    "failure_window": self.failure_window}
         if self.user_agent:
             options["user_agent"] = self.user_agent
+        if self.max_tile_size:
+            options["max_tile_size"] = self.max_tile_size
         return options
 
     def to_parameters(self) -> dict[str, Any]:
@@ -107,7 +111,7 @@ class JobSpec:
                    allow_partial=bool(data.get("allow_partial", False)),
                    allow_empty=bool(data.get("allow_empty", False)),
                    tilemap=data.get("tilemap"), **_politeness_from(data), executor=data.get("executor", "local"),
-                   scheduler=data.get("scheduler"))
+                   scheduler=data.get("scheduler"), max_tile_size=data.get("max_tile_size"))
 
 
 def _lines(value: str) -> list[str]:
@@ -134,7 +138,7 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
 
     known = {"service", "source", "levels", "scales", "policy", "aoi", "exporter", "output",
              "workers", "mode", "referer", "allow_partial", "allow_empty", "tilemap", "executor",
-             "scheduler"}
+             "scheduler", "max_tile_size"}
     known |= _POLITENESS_KEYS
     for key in section:
         if key not in known:
@@ -215,8 +219,23 @@ def job_spec_from(config: Config, job_name: str | None, flags: dict[str, Any]) -
                    areas=areas, exporter=exporter, output=output, workers=workers, mode=mode,
                    referer=referer, allow_partial=allow_partial, allow_empty=allow_empty,
                    tilemap=tilemap,
-                   executor=executor, scheduler=scheduler, **_politeness(flags, section, where))
+                   executor=executor, scheduler=scheduler, **_politeness(flags, section, where),
+                   max_tile_size=_max_tile_size(flags, section, where))
     return spec
+
+
+def _max_tile_size(flags: dict[str, Any], section: dict[str, str], where: Any) -> int | None:
+    """``--max-tile-size`` / ``max_tile_size``: ``16MiB``, ``500KB``, ``1048576`` → bytes."""
+    from cacheorch.errors import PolicyError
+    from cacheorch.plugins.policy_budget import parse_bytes
+    text = flags.get("max_tile_size") or section.get("max_tile_size", "").strip()
+    if not text:
+        return None
+    shown = "--max-tile-size" if flags.get("max_tile_size") else where("max_tile_size")
+    try:
+        return parse_bytes(text, shown)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _politeness_from(data: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ job killed at any moment resumes by skipping the recorded bundles and redoing th
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -432,28 +433,63 @@ def run_job(plugins: Plugins, catalog: Catalog, connection: Connection, plan: Jo
         run.abort_open()
         interrupted = isinstance(exc, KeyboardInterrupt)
         status = "interrupted" if interrupted else "failed"
-        message = "interrupted" if interrupted else connection.redact(exc)
+        full = _disk_full(exc, job_id, staging)
+        message = "interrupted" if interrupted else str(full or connection.redact(exc))
         catalog.set_status(job_id, status, error=message)
         emit(plugins.pm, JobFinished(job_id, status=status, output=str(output)))
         if interrupted:
             raise JobFailedError(f"job {job_id} interrupted; finish it with: cacheorch resume "
                                  f"{job_id}") from None
-        raise _job_failed(exc, job_id, connection) from exc
+        failed = _job_failed(exc, job_id, connection, staging)
+        if failed is exc:
+            raise
+        raise failed from exc
     return _conclude(plugins, catalog, plan, job_id, session, run.outcome, output, connection)
 
 
-def _job_failed(exc: BaseException, job_id: int, connection: Connection) -> BaseException:
+def _job_failed(exc: BaseException, job_id: int, connection: Connection, where: Path
+                ) -> BaseException:
     """An error that ended a recorded job: exit 1 (the job failed, resumable), never 2 (bad
     input, nothing written), whatever raised it: a full disk, a file that cannot be written."""
+    full = _disk_full(exc, job_id, where)
+    if full is not None:
+        return full
     if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        said = f"{where}{exc.strerror or exc}"
+        where_said = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        said = f"{where_said}{exc.strerror or exc}"
     elif isinstance(exc, CacheorchError) and exc.exit_code != 1:
         said = str(exc)
     else:
         return exc
     return JobFailedError(f"job {job_id} failed: {connection.redact(said)}; once that is fixed, "
                           f"finish it with: cacheorch resume {job_id}")
+
+
+#: SQLite's "database or disk is full".
+_SQLITE_FULL = 13
+
+
+def _disk_full(exc: BaseException, job_id: int, where: Path) -> JobFailedError | None:
+    """A full disk (or quota) while the job writes: exit 1, naming the file, and resumable.
+
+    Why not the generic OSError path (exit 2, bad input): nothing was wrong with the input; the
+    finished bundles are kept and the job goes on from them once there is room. A failed
+    ``write`` names no file, so the folder being written is named instead.
+    """
+    # exporters say which file in their own error and keep the OSError (or SQLite's) as context
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    full = (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        getattr(cause, "sqlite_errorcode", None) == _SQLITE_FULL
+    if not full:
+        return None
+    if isinstance(exc, OSError):
+        what = f"no space left on the device writing {exc.filename or where}"
+    else:
+        what = str(exc)
+        if "space" not in what.lower() and "full" not in what.lower():
+            what += " (the disk is full)"
+    return JobFailedError(f"job {job_id}: {what}; finished bundles are kept: make room, then "
+                          f"run: cacheorch resume {job_id}")
 
 
 def _totals(catalog: Catalog, job_id: int, outcome: JobOutcome) -> JobOutcome:
@@ -497,8 +533,11 @@ def _conclude(plugins: Plugins, catalog: Catalog, plan: JobPlan, job_id: int,
     try:
         final = session.commit()
     except BaseException as exc:
-        catalog.set_status(job_id, "failed", error=str(exc))
-        raise _job_failed(exc, job_id, connection) from exc
+        failed = _job_failed(exc, job_id, connection, output)
+        catalog.set_status(job_id, "failed", error=str(failed))
+        if failed is exc:
+            raise
+        raise failed from exc
     session.discard()
     totals.output = str(final)
     # Exporters that leave out blank tiles or store identical ones once say how many.

@@ -40,6 +40,14 @@ _UNIT_METRES = {
 
 #: Relative tolerance when matching a scale against a level's scale.
 SCALE_TOLERANCE = 1e-6
+#: Tile sizes (pixels a side) a scheme may have: ArcGIS makes 128-1024 (and 2048/4096 supertiles);
+#: GDAL's readers and GeoPackage take these too. Outside them a scheme is hostile or broken.
+MIN_TILE_PIXELS, MAX_TILE_PIXELS = 16, 4096
+#: Level IDs are 0-99: every cache names its level folders L00-L99, and no scale range needs more.
+MAX_LEVEL_ID = 99
+#: Tiles a side a level's grid may have over the scheme's world: Web Mercator level 31, far past
+#: any real cache, and rows × cols still fits in 64 bits for the planner's arithmetic.
+MAX_GRID_SIDE = 2 ** 31
 
 
 def meters_per_unit(units: str) -> float:
@@ -67,6 +75,21 @@ class LevelOfDetail:
         return {"level": self.level, "resolution": self.resolution, "scale": self.scale}
 
 
+def _wkid(value: Any, what: str) -> int | None:
+    """A wkid from JSON: a whole positive number (or its string), else SchemeError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise SchemeError(f"spatialReference.{what} is {value!r:.40}, not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise SchemeError(f"spatialReference.{what} is {value!r:.40}, not a number") from None
+    if not (math.isfinite(number) and number == int(number) and 0 < number < 2**31):
+        raise SchemeError(f"spatialReference.{what} is {value!r:.40}, not a wkid")
+    return int(number)
+
+
 @dataclass(frozen=True)
 class SpatialReference:
     """An ArcGIS spatial reference: a wkid (and the latest wkid), or a WKT string."""
@@ -77,12 +100,19 @@ class SpatialReference:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> SpatialReference:
+        """From ``{"wkid": ..., "latestWkid": ..., "wkt": ...}``; SchemeError when malformed."""
         data = data or {}
-        wkid = data.get("wkid")
-        latest = data.get("latestWkid")
-        return cls(wkid=int(wkid) if wkid is not None else None,
-                   latest_wkid=int(latest) if latest is not None else None,
-                   wkt=data.get("wkt"))
+        if not isinstance(data, dict):
+            raise SchemeError(f"spatialReference is {type(data).__name__}, not an object")
+        wkid = _wkid(data.get("wkid"), "wkid")
+        latest = _wkid(data.get("latestWkid"), "latestWkid")
+        wkt = data.get("wkt")
+        return cls(wkid=wkid, latest_wkid=latest, wkt=wkt if isinstance(wkt, str) and wkt else None)
+
+    @property
+    def is_known(self) -> bool:
+        """Whether it says anything (a wkid or a WKT): planning areas needs one."""
+        return self.wkid is not None or self.latest_wkid is not None or bool(self.wkt)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -135,11 +165,17 @@ class Envelope:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Envelope | None:
-        if not data or any(data.get(k) in (None, "NaN") for k in ("xmin", "ymin", "xmax", "ymax")):
+        """From Esri JSON; None when it is absent or not four finite numbers (an empty extent)."""
+        if not data or not isinstance(data, dict):
+            return None
+        try:
+            bounds = [float(data[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not all(math.isfinite(b) for b in bounds):
             return None
         sr = data.get("spatialReference")
-        return cls(float(data["xmin"]), float(data["ymin"]), float(data["xmax"]), float(data["ymax"]),
-                   SpatialReference.from_json(sr) if sr else None)
+        return cls(*bounds, SpatialReference.from_json(sr) if sr else None)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"xmin": self.xmin, "ymin": self.ymin, "xmax": self.xmax, "ymax": self.ymax}
@@ -194,16 +230,34 @@ class TilingScheme:
     _by_level: dict[int, LevelOfDetail] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.tile_cols <= 0 or self.tile_rows <= 0:
-            raise SchemeError(f"tile size must be positive, got {self.tile_cols}×{self.tile_rows}")
+        # Checked before anything plans on it: a NaN origin or a zero resolution from a hostile
+        # service would otherwise surface as a MemoryError or an endless loop far from here.
+        if not (math.isfinite(self.origin_x) and math.isfinite(self.origin_y)):
+            raise SchemeError(f"the tiling origin ({self.origin_x}, {self.origin_y}) is not a "
+                              "finite point")
+        if not (MIN_TILE_PIXELS <= self.tile_cols <= MAX_TILE_PIXELS
+                and MIN_TILE_PIXELS <= self.tile_rows <= MAX_TILE_PIXELS):
+            raise SchemeError(f"tile size {self.tile_cols}×{self.tile_rows} pixels; tiles are "
+                              f"{MIN_TILE_PIXELS} to {MAX_TILE_PIXELS} pixels a side")
+        if not 0 < self.dpi <= 10000:
+            raise SchemeError(f"dpi {self.dpi}; it must be between 1 and 10000")
         if not self.lods:
             raise SchemeError("the tiling scheme lists no levels of detail")
+        if len(self.lods) > MAX_LEVEL_ID + 1:
+            raise SchemeError(f"{len(self.lods)} levels of detail; a scheme has at most "
+                              f"{MAX_LEVEL_ID + 1}")
         by_level: dict[int, LevelOfDetail] = {}
         for lod in self.lods:
             if lod.level in by_level:
                 raise SchemeError(f"level {lod.level} is listed twice")
-            if not (lod.resolution > 0):
-                raise SchemeError(f"level {lod.level} has resolution {lod.resolution}; it must be positive")
+            if not 0 <= lod.level <= MAX_LEVEL_ID:
+                raise SchemeError(f"level {lod.level}; level IDs are 0 to {MAX_LEVEL_ID}")
+            if not (lod.resolution > 0 and math.isfinite(lod.resolution)):
+                raise SchemeError(f"level {lod.level} has resolution {lod.resolution}; it must be "
+                                  "a positive finite number")
+            if not math.isfinite(lod.scale) or lod.scale < 0:
+                raise SchemeError(f"level {lod.level} has scale {lod.scale}; it must be a finite "
+                                  "number, not negative")
             by_level[lod.level] = lod
         ordered = tuple(sorted(self.lods, key=lambda lod: lod.level))
         object.__setattr__(self, "lods", ordered)
@@ -211,6 +265,28 @@ class TilingScheme:
         if self.tile_end is None and self.spatial_reference.is_web_mercator \
                 and self.origin_x < 0 < self.origin_y:
             object.__setattr__(self, "tile_end", (-self.origin_x, -self.origin_y))
+        self._check_grid_sizes()
+
+    def _check_grid_sizes(self) -> None:
+        """Every level's grid, over the world the origin (and grid end) span, is at most
+        :data:`MAX_GRID_SIDE` tiles a side: a resolution of 1e-12 is finite and positive, yet
+        planning on it would ask for petabytes."""
+        if self.tile_end is not None and not all(math.isfinite(v) for v in self.tile_end):
+            raise SchemeError(f"the grid end {self.tile_end} is not a finite point")
+        # the world: the origin, the grid's end and the extents (an area may reach any of them)
+        reach = [abs(self.origin_x), abs(self.origin_y), 1.0, *(abs(v) for v in self.tile_end or ())]
+        for extent in (self.full_extent, self.initial_extent):
+            if extent is not None:
+                reach += [abs(v) for v in extent.bounds]
+        world = 2.0 * max(reach)
+        pixels = min(self.tile_cols, self.tile_rows)
+        for lod in self.lods:
+            side = world / (lod.resolution * pixels)
+            if side > MAX_GRID_SIDE:
+                raise SchemeError(f"level {lod.level} has resolution {lod.resolution:g}: over "
+                                  f"the scheme's origin and extents (±{world / 2:.3g} map units) "
+                                  f"its grid would be {side:.3g} tiles a side (at most "
+                                  f"{MAX_GRID_SIDE:,})")
 
     # -- levels -------------------------------------------------------------------------------
 

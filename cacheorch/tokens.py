@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from cacheorch.errors import AuthError, ServiceError
+from cacheorch.jsonlimits import loads
 
 __all__ = ["ENV_USERNAME", "ENV_PASSWORD", "ENV_TOKEN_URL", "IssuedToken", "TokenProvider",
            "site_root", "default_token_url"]
@@ -167,7 +168,7 @@ class TokenProvider:
         try:
             response = (self.session or requests).get(root + "/rest/info", params={"f": "json"},
                                                       headers=self._headers(), timeout=timeout)
-            data = response.json() if response.status_code == 200 else None
+            data = loads(response.content) if response.status_code == 200 else None
         except (requests.exceptions.RequestException, ValueError):
             return None
         auth = data.get("authInfo") if isinstance(data, dict) else None
@@ -195,7 +196,7 @@ class TokenProvider:
             raise ServiceError(f"cannot reach the token service {url}: "
                                f"{self._clean(describe(exc, urlsplit(url).hostname))}") from None
         try:
-            data = response.json()
+            data = loads(response.content)
         except ValueError:
             data = None
         error = data.get("error") if isinstance(data, dict) else None

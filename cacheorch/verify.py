@@ -40,7 +40,7 @@ from cacheorch.formats.bundle_v1 import (
 )
 from cacheorch.formats.cache import _pread  # os.pread, or seek + read where there is none
 from cacheorch.formats.confxml import COMPACT_V1, COMPACT_V2
-from cacheorch.formats.png import JPEG_MAGIC, PNG_MAGIC
+from cacheorch.net.acceptor import image_kind, tile_defect
 from cacheorch.tiling import BUNDLE_SIZE, TilingScheme
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ __all__ = ["Defect", "LevelTally", "VerifyReport", "BundleSink", "register_check
 
 _BundleKey = tuple[int, int, int]
 _U32 = struct.Struct("<I")
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -150,36 +149,14 @@ class BundleSink:
         return out
 
 
-# -- image magic ----------------------------------------------------------------------------------
+# -- whole tiles ----------------------------------------------------------------------------------
 
-def image_kind(data: bytes) -> str | None:
-    """The image type a tile's bytes start with (png, jpeg, webp, gif, tiff, lerc), else None."""
-    if data.startswith(PNG_MAGIC):
-        return "png"
-    if data.startswith(JPEG_MAGIC):
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "gif"
-    if data.startswith((b"II*\x00", b"MM\x00*")):
-        return "tiff"
-    if data.startswith((b"CntZImage ", b"Lerc2 ")):  # elevation caches (tileInfo.format LERC)
-        return "lerc"
-    return None
-
-
-def _check_image(data: bytes, row: int, col: int, sink: BundleSink) -> None:
-    kind = image_kind(data)
-    if kind is None and data.startswith(PNG_MAGIC[4:]):
-        # Esri's own Usa.tpkx sample (L00, L01): no decoder accepts these; name the pattern
-        sink.tile("not an image: a PNG missing the first 4 bytes of its signature", row, col,
-                  f"{len(data)} bytes starting {data[:8].hex(' ')}")
-    elif kind is None:
-        sink.tile("not an image", row, col, f"{len(data)} bytes starting {data[:8].hex(' ')}")
-    elif kind == "png" and not data.endswith(_PNG_END):
-        sink.tile("PNG does not end with its IEND chunk (truncated or trailing bytes)", row, col,
-                  f"{len(data)} bytes")
+def _check_image(data: bytes, row: int, col: int, sink: BundleSink, tile_format: str | None) -> None:
+    """The fetch path's own definition of a whole tile (cacheorch.net.acceptor), so that ``run``
+    never stores what ``verify`` flags."""
+    defect = tile_defect(data, tile_format)
+    if defect is not None:
+        sink.tile(defect.kind, row, col, defect.detail)
 
 
 # -- raw byte access -----------------------------------------------------------------------------
@@ -551,7 +528,7 @@ def _verify_bundle(cache: TileCache, scheme: TilingScheme, key: _BundleKey,
             tally.bytes += len(data)
             if grid is not None and (row >= grid[0] or col >= grid[1]):
                 sink.tile("tile outside the grid", row, col, f"{grid[0]} rows × {grid[1]} cols")
-            _check_image(data, row, col, sink)
+            _check_image(data, row, col, sink, scheme.tile_format)
     except CacheorchError as exc:
         sink.bundle(f"cannot be read: {exc}")
     except OSError as exc:

@@ -22,6 +22,7 @@ from cacheorch.connection import Connection
 from cacheorch.errors import AreaError, FormatError
 from cacheorch.formats.confxml import read_conf_cdi, read_conf_cdi_bytes
 from cacheorch.formats.locate import find_ci
+from cacheorch.formats.tpk import TilePackage
 from cacheorch.interfaces import AOIGenerator, Service
 from cacheorch.tiling import Envelope
 
@@ -67,13 +68,13 @@ def find_conf_cdi(location: str) -> tuple[str, Envelope | None] | None:
     if path.suffix.lower() == ".cdi":
         return str(path), read_conf_cdi(path)
     if zipfile.is_zipfile(path):  # .tpk: v101/<map name>/conf.cdi
-        with zipfile.ZipFile(path) as zf:
-            members = sorted((n for n in zf.namelist() if n.lower().rsplit("/", 1)[-1] == _CDI),
+        with TilePackage(path) as package:  # reads members within their bounds
+            members = sorted((n for n in package.members if n.rsplit("/", 1)[-1] == _CDI),
                              key=lambda n: n.count("/"))
             if not members:
                 return None
-            where = f"{path}!{members[0]}"
-            return where, read_conf_cdi_bytes(zf.read(members[0]), where)
+            where = package.display(members[0])
+            return where, read_conf_cdi_bytes(package.read(members[0]), where)
     return None
 
 

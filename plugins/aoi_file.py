@@ -34,6 +34,7 @@ from cacheorch.connection import Connection
 from cacheorch.errors import AreaError
 from cacheorch.esri_json import is_esri_json, read_esri_json
 from cacheorch.interfaces import AOIGenerator, Service
+from cacheorch.jsonlimits import loads
 
 __all__ = ["FileArea"]
 
@@ -134,9 +135,11 @@ def _parse(text: str, path: str, name: str, override: str | None) -> tuple[BaseG
         crs_text = override or srid
         return geom, crs_from_text(crs_text, name) if crs_text else None
     try:
-        data = json.loads(text)
+        data = loads(text)
     except json.JSONDecodeError as exc:
         raise AreaError(f"{name}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except ValueError as exc:  # nested too deep
+        raise AreaError(f"{name}: {exc}") from None
     if is_esri_json(data):
         esri = read_esri_json(data, name)
         if override:

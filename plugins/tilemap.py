@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cacheorch.interfaces import Service, TileFetcher, TileResult
+from cacheorch.jsonlimits import loads
 from cacheorch.tiling import BUNDLE_SIZE, TileKey
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def fetch_tilemap(service: Service, connection: Connection, level: int, row: int
         log.debug("tilemap %s/%s/%s: HTTP %s", level, row, col, response.status_code)
         return None
     try:
-        return parse_tilemap(response.json(), level, row, col, width, height)
+        return parse_tilemap(loads(response.content), level, row, col, width, height)
     except ValueError as exc:
         log.debug("tilemap %s/%s/%s: %s", level, row, col, exc)
         return None

@@ -30,8 +30,8 @@ from cacheorch import hookimpl
 from cacheorch.errors import FormatError
 from cacheorch.formats.cache import BundleView, TileCache, open_cache
 from cacheorch.formats.locate import local_path
-from cacheorch.formats.png import is_image
 from cacheorch.interfaces import Service, TileFetcher, TileResult, TileSource
+from cacheorch.net.acceptor import tile_defect
 from cacheorch.tiling import TileKey
 from cacheorch.vector.reader import is_vector_output
 
@@ -40,15 +40,14 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheTileSource", "CacheTileFetcher", "is_tile_payload"]
 
-#: Elevation caches store LERC tiles; these are their signatures (LERC1, LERC2).
-_LERC_MAGICS = (b"CntZImage ", b"Lerc2 ")
 #: Bundles kept open at once: the planner goes bundle by bundle, so a few are plenty.
 _OPEN_BUNDLES = 4
 
 
-def is_tile_payload(data: bytes) -> bool:
-    """Whether stored bytes start like a tile: an image (PNG, JPEG, GIF, WebP, TIFF) or LERC."""
-    return is_image(data) or data.startswith(_LERC_MAGICS)
+def is_tile_payload(data: bytes, tile_format: str | None = None) -> bool:
+    """Whether stored bytes are a whole tile (cacheorch.net.acceptor: what ``run`` stores and
+    ``verify`` passes): an image cut short or with trailing bytes is not."""
+    return tile_defect(data, tile_format) is None
 
 
 class CacheTileFetcher(TileFetcher):
@@ -88,10 +87,12 @@ class CacheTileFetcher(TileFetcher):
             return TileResult(key, "failed", error=_one_line(exc))
         if data is None:
             return TileResult(key, "missing")
-        if self.check_images and not is_tile_payload(data):
-            head = data[:8].hex(" ") or "nothing"
+        defect = tile_defect(data, self.cache.scheme.tile_format) if self.check_images else None
+        if defect is not None:
+            what = defect.kind if defect.kind.startswith("not an image") else \
+                f"not a whole tile: {defect.kind}"
             return TileResult(key, "failed", error=(  # the runner prefixes level/row/col
-                f"the stored record ({len(data)} bytes) is not an image (it starts with {head}); "
+                f"the stored record ({len(data)} bytes) is {what} ({defect.detail}); "
                 "the source is damaged there"))
         return TileResult(key, "ok", data)
 

@@ -20,6 +20,7 @@ from cacheorch.connection import with_token
 from cacheorch.fetch import RetryPolicy, TileFetchEngine
 from cacheorch.hookspecs import hookimpl
 from cacheorch.interfaces import Service, TileFetcher, TileResult, TileSource
+from cacheorch.net.acceptor import TileAcceptor
 from cacheorch.tiling import TileKey
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class RestTileSource(TileSource):
             max_rps=connection.max_rps,
             failure_rate=connection.max_failure_rate,
             failure_window=connection.failure_window,
+            acceptor=TileAcceptor(service.scheme.tile_format, connection.max_tile_size),
         )
         return RestTileFetcher(engine, service, connection)
 

@@ -22,7 +22,7 @@ from cacheorch.interfaces import Service, TileFetcher, TileResult, TileSource
 from cacheorch.plugins.tiles_rest import RestTileSource
 from cacheorch.plugins.tilemap import Tilemap, TilemapFilter
 from cacheorch.tiling import BUNDLE_SIZE, TileKey
-from cacheorch.vector.mvt import looks_like_tile, scan_layers, stored_form
+from cacheorch.vector.mvt import scan_layers, stored_form
 from cacheorch.vector.quadtree import QuadIndex
 from cacheorch.vector.service import VectorService, vector_tile_service_url
 
@@ -114,9 +114,9 @@ class VectorTileSource(RestTileSource):
         if not isinstance(service, VectorService):
             raise ServiceError(f"{service.location} is not a vector tile service; the vector "
                                f"tile source reads VectorTileServer URLs")
-        # the rest source's engine (retries, politeness, tokens, proxies), told what a tile is
+        # the rest source's engine (retries, politeness, tokens, proxies); its tile acceptor
+        # knows a pbf tile from the service's format
         engine = super().open(service, connection, workers).engine  # type: ignore[attr-defined]
-        engine.accept, engine.accept_label = looks_like_tile, "a vector tile"
         index = read_index(service, connection) if self.options.tilemap else None
         fetcher = VectorTileFetcher(engine, service, connection, index)
         if index is None:

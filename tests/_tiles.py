@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from _gdal import colour_of, solid_png
 
 __all__ = ["Tiles", "by_bundle", "write_tiles", "pyramid", "mapproxy_tiles", "all_tiles",
-           "mercator_service_json"]
+           "mercator_service_json", "pad_png"]
 
 Tiles = dict[tuple[int, int, int], bytes]
 
@@ -77,3 +77,17 @@ def mercator_service_json(max_level: int) -> dict:
             "tileInfo": web_mercator_scheme(max_level).to_json(),
             "fullExtent": {"xmin": -half, "ymin": -half, "xmax": half, "ymax": half,
                            "spatialReference": sr}}
+
+
+def pad_png(png: bytes, size: int) -> bytes:
+    """``png`` grown to exactly ``size`` bytes by an ancillary chunk before IEND: still a whole
+    PNG (the tile acceptor refuses bytes after IEND), for tests that need tiles of given sizes."""
+    import struct
+    import zlib
+
+    filler = size - len(png) - 12
+    if filler < 0:
+        raise ValueError(f"a PNG of {len(png)} bytes cannot be padded to {size}")
+    data = bytes(filler)
+    chunk = struct.pack(">I", filler) + b"paDd" + data + struct.pack(">I", zlib.crc32(b"paDd" + data))
+    return png[:-12] + chunk + png[-12:]

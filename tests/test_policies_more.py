@@ -12,7 +12,9 @@ import pytest
 from shapely.geometry import box
 
 from _tileserver import TileServer
+from _tiles import pad_png
 from cacheorch.errors import LevelError, PolicyError
+from cacheorch.formats.png import encode_png
 from cacheorch.interfaces import PolicyContext, SelectionPolicy, Service
 from cacheorch.plugins.policy_budget import (MaxBytesPolicy, MaxTilesPolicy, parse_bytes,
                                              parse_count)
@@ -296,7 +298,8 @@ def tiles_in_rect(level: int) -> int:
 @pytest.fixture
 def sized_server():
     """Levels 0-6; a tile of level L is (L + 1) × 1000 bytes; level 5's tiles are all missing."""
-    tiles = {(lv, r, c): b"\x89PNG\r\n\x1a\n" + bytes((lv + 1) * 1000 - 8)
+    small = encode_png(1, 1, b"\0\0\0")
+    tiles = {(lv, r, c): pad_png(small, (lv + 1) * 1000)
              for lv in range(7) for r in range(2 ** lv) for c in range(2 ** lv) if lv != 5}
     scheme = web_mercator_scheme(6)
     with TileServer(tiles, service=service_json(scheme, maxExportTilesCount=500)) as srv:

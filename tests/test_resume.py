@@ -14,7 +14,7 @@ import pytest
 
 from _gdal import colour_of, solid_png
 from _tileserver import TileServer
-from _tiles import mercator_service_json
+from _tiles import mercator_service_json, pad_png
 from cacheorch.formats.cache import open_cache
 from cacheorch.tiling import web_mercator_scheme
 
@@ -121,7 +121,8 @@ def test_resume_keeps_the_levels_first_chosen(tmp_path: Path, cli) -> None:
         assert started == [0, 1, 2, 3]
         job_id = json.loads(first.stdout)["job_id"]
         srv.fail_always.clear()
-        big = solid_png((1, 2, 3), size=256) + b"\0" * 4000  # sampled now, level 3 would not fit
+        big = solid_png((1, 2, 3), size=256)  # sampled now, level 3 would not fit
+        big = pad_png(big, len(big) + 4000)
         srv.tiles = {k: big for k in small}
         replanned = json.loads(cli("plan", "--service", srv.url, "--policy", "levels:0-3",
                                    "--policy", "max-bytes:20KB", "--json").stdout)

@@ -66,6 +66,9 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "--failure-window requests failed (default 0.5; 1 = never)."),
         click.option("--failure-window", type=int, metavar="N",
                      help="Requests --max-failure-rate looks back over (default 200)."),
+        click.option("--max-tile-size", metavar="SIZE",
+                     help="Largest tile accepted (default 16MiB; e.g. 4MiB, 500KB): a larger one "
+                          "is a failed tile, and is not read past that size."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
     ]
     func = network_options(func)  # listed last in --help

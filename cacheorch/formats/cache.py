@@ -13,7 +13,6 @@ Tile bytes come back exactly as stored. Whether they are an image is the caller'
 from __future__ import annotations
 
 import abc
-import json
 import os
 import re
 import struct
@@ -37,6 +36,7 @@ from cacheorch.formats.confxml import (
 from cacheorch.formats.exploded import ExplodedBundle, ExplodedCache
 from cacheorch.formats.locate import CacheLocation, find_ci, find_conf_xml, locate_cache
 from cacheorch.formats.rootjson import read_root_json, root_json_storage
+from cacheorch.jsonlimits import loads
 from cacheorch.formats.tpk import Span, TilePackage
 from cacheorch.tiling import BUNDLE_SIZE, Envelope, TilingScheme
 
@@ -519,7 +519,7 @@ def _bundles_path(data: dict[str, Any]) -> str:
 
 def _load_root_json(raw: bytes, where: str) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
+        data = loads(raw)
     except ValueError as exc:
         raise FormatError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):

@@ -9,6 +9,7 @@ entities or reach the network.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -244,7 +245,10 @@ def _float(parent: ET.Element, path: str, where: str, default: float | None = No
 
 
 def _int(parent: ET.Element, path: str, where: str, default: int | None = None) -> int:
-    return int(_float(parent, path, where, None if default is None else float(default)))
+    value = _float(parent, path, where, None if default is None else float(default))
+    if not math.isfinite(value):
+        raise FormatError(f"{where}: {path} is {value}, not a whole number")
+    return int(value)
 
 
 def _read_sr(elem: ET.Element | None, where: str) -> SpatialReference:

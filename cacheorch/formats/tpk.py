@@ -10,6 +10,12 @@ field may differ from the central directory's). Re-zipped .tpk files with DEFLAT
 keeps one as a fixture); their bundles are inflated on first use into a temporary folder that
 lives as long as the package is open, so memory stays flat whatever the bundle size.
 
+A deflated member is a promise of how big it will be, and a hostile package promises terabytes
+in kilobytes. Before one is inflated, its declared size must fit what it could be (a bundlx is
+81,952 bytes; a bundle at most 16,384 records of the largest tile its own header names, itself at
+most the maximum tile size) and the temporary folder's free space; inflating never writes past the
+declared size (zipfile stops there, and the CRC then says whether it was honest).
+
 Member names are checked when the package opens: a name that is absolute or climbs with ``..``
 makes the whole package refused, since nothing legitimate needs one.
 """
@@ -22,6 +28,7 @@ import struct
 import tempfile
 import threading
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -34,6 +41,8 @@ _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # zip local file header, 30 bytes
 _DRIVE = re.compile(r"^[A-Za-z]:")
 #: Metadata members (conf.xml, root.json...) are read whole; anything larger is not metadata.
 MAX_METADATA_BYTES = 64 * 1024 * 1024
+#: Free space left in the temporary folder after inflating a member.
+_DISK_MARGIN = 64 * 1024 * 1024
 
 
 class Span(NamedTuple):
@@ -178,6 +187,7 @@ class TilePackage:
             span = self._inflated.get(info.filename)
             if span is not None:
                 return span
+            self._check_inflatable(info)
             if self._tmp is None:
                 self._tmp = Path(tempfile.mkdtemp(prefix="cacheorch-package-"))
             target = self._tmp / f"{len(self._inflated)}.bin"
@@ -190,6 +200,45 @@ class TilePackage:
             span = Span(target, 0, info.file_size, True)
             self._inflated[info.filename] = span
             return span
+
+    def _check_inflatable(self, info: zipfile.ZipInfo) -> None:
+        """Refuse, before a byte is written, a member bigger than it could be or than the disk."""
+        from cacheorch.formats.bundle import HEADER_SIZE, INDEX_ENTRIES, INDEX_SIZE
+        from cacheorch.formats.bundle_v1 import BUNDLX_SIZE, V1_FIRST_RECORD
+        from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE
+
+        where, declared = self.display(info.filename), info.file_size
+        name = info.filename.lower()
+        if name.endswith(".bundlx"):
+            bound, what = BUNDLX_SIZE, "a bundlx has"
+        elif name.endswith(".bundle"):
+            try:
+                with self._zip.open(info) as src:
+                    head = src.read(64)
+            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError,
+                    zlib.error) as exc:
+                raise FormatError(f"{where}: cannot inflate ({exc})") from None
+            if len(head) < 64:
+                raise FormatError(f"{where}: {len(head)} bytes, too short for a bundle")
+            largest = struct.unpack_from("<I", head, 8)[0]  # max record size, V1 and V2 alike
+            if largest > DEFAULT_MAX_TILE_SIZE:
+                raise FormatError(f"{where}: its header names a {largest:,}-byte tile, more than "
+                                  f"the maximum tile size ({DEFAULT_MAX_TILE_SIZE:,}); refusing "
+                                  "to inflate it")
+            first = V1_FIRST_RECORD if self.info(info.filename[:-len("bundle")] + "bundlx") \
+                else HEADER_SIZE + INDEX_SIZE
+            bound = first + INDEX_ENTRIES * (4 + largest)
+            what = f"16,384 tiles of at most {largest:,} bytes (its header's largest) take"
+        else:
+            bound, what = MAX_METADATA_BYTES, "metadata takes"
+        if declared > bound:
+            raise FormatError(f"{where}: deflated to {declared:,} bytes, more than {what} "
+                              f"({bound:,}); refusing to inflate it")
+        folder = self._tmp or Path(tempfile.gettempdir())
+        free = shutil.disk_usage(folder).free
+        if declared + _DISK_MARGIN > free:
+            raise FormatError(f"{where}: inflating it needs {declared:,} bytes and {folder} has "
+                              f"{free:,} free")
 
     def close(self) -> None:
         for closer in (getattr(self, "_raw", None), getattr(self, "_zip", None)):

@@ -11,12 +11,10 @@ import gzip
 import zlib
 from collections.abc import Iterator
 
-__all__ = ["GZIP_MAGIC", "is_gzip", "stored_form", "plain_form", "looks_like_tile",
+__all__ = ["GZIP_MAGIC", "is_gzip", "stored_form", "plain_form",
            "LayerSummary", "scan_layers", "merge_summaries", "vector_layers_json"]
 
 GZIP_MAGIC = b"\x1f\x8b"
-#: MVT ``Tile.layers`` is field 3, length-delimited: the first byte of any non-empty tile.
-_LAYER_TAG = 0x1A
 #: field name → MBTiles type name
 LayerSummary = dict[str, dict[str, str]]
 
@@ -40,12 +38,6 @@ def plain_form(data: bytes) -> bytes:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"corrupt gzip ({exc})") from None
-
-
-def looks_like_tile(data: bytes) -> bool:
-    """Whether a 200 body can be a vector tile: gzip, empty (a tile without features), or a
-    protobuf starting with a layer. An HTML or JSON error page is none of these."""
-    return not data or is_gzip(data) or data[0] == _LAYER_TAG
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
