@@ -56,6 +56,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cacheorch.plugins.export_exploded",
     "cacheorch.plugins.export_rest_tiles",
     "cacheorch.plugins.export_arcpy",
+    "cacheorch.plugins.maps_readers",
+    "cacheorch.plugins.maps_writers",
 )
 
 #: hook name → (registry kind label, base class)
