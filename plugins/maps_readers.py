@@ -1,5 +1,6 @@
-"""Built-in map readers: web map JSON files, portal web map items, ``.mapx``, QGIS projects, and
-``.aprx`` / ``.mxd`` through arcpy where arcpy exists.
+"""Built-in map readers: web map JSON files, portal web map items, ``.mapx``, QGIS projects, Pro 3.x
+``.aprx`` (a zip of JSON CIM, read without arcpy), and ``.mxd`` (and Pro 2.x ``.aprx``) through arcpy
+where arcpy exists.
 
 Each reader only recognises its format and hands the parsed JSON or XML to the format's module in
 :mod:`cacheorch.maps`; classification and planning happen later, on the MapDocument.
@@ -15,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from cacheorch.errors import AuthError, MapError, ServiceError
 from cacheorch.hookspecs import hookimpl
-from cacheorch.maps.cim import cim_document
+from cacheorch.maps.cim import aprx_document, cim_document
 from cacheorch.maps.interfaces import MapReader
 from cacheorch.maps.model import MapDocument, MapLayer
 from cacheorch.maps.qgis import qgis_document
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from cacheorch.connection import Connection
 
 __all__ = ["WebMapFileReader", "PortalItemReader", "MapxReader", "QgisProjectReader",
-           "ArcpyMapReader", "portal_item", "cacheorch_register_map_readers"]
+           "AprxReader", "ArcpyMapReader", "portal_item", "cacheorch_register_map_readers"]
 
 _ITEM_ID = re.compile(r"^[0-9a-f]{32}$", re.I)
 
@@ -149,12 +150,31 @@ class QgisProjectReader(_FileMapReader):
         return qgis_document(path, location)
 
 
+class AprxReader(_FileMapReader):
+    """An ArcGIS Pro 3.x project (.aprx, its first map), read without arcpy."""
+
+    name = "aprx"
+    formats = "ArcGIS Pro 3.x project (.aprx)"
+    suffixes = (".aprx",)
+
+    def read(self, location: str, connection: Connection) -> MapDocument:
+        path = Path(location)
+        if not path.is_file():
+            raise MapError(f"{location}: no such file")
+        try:
+            return aprx_document(path, location)
+        except MapError:
+            if ArcpyMapReader.available():  # a Pro 2.x project: arcpy reads those
+                return ArcpyMapReader().read(location, connection)
+            raise
+
+
 class ArcpyMapReader(_FileMapReader):
-    """An ArcGIS Pro project (.aprx, its first map) or an ArcMap document (.mxd), via arcpy."""
+    """An ArcMap document (.mxd) or an ArcGIS Pro project (.aprx), via arcpy."""
 
     name = "arcpy-map"
-    formats = "ArcGIS Pro project or ArcMap document (.aprx, .mxd; with arcpy)"
-    suffixes = (".aprx", ".mxd")
+    formats = "ArcMap document (.mxd; needs arcpy)"
+    suffixes = (".mxd",)
 
     @classmethod
     def available(cls) -> bool:
@@ -206,4 +226,5 @@ def _cim_dict(obj: Any) -> Any:
 
 @hookimpl
 def cacheorch_register_map_readers() -> list[type[MapReader]]:
-    return [WebMapFileReader, PortalItemReader, MapxReader, QgisProjectReader, ArcpyMapReader]
+    return [WebMapFileReader, PortalItemReader, MapxReader, QgisProjectReader, AprxReader,
+            ArcpyMapReader]

@@ -194,6 +194,28 @@ def test_mapx(cli, services, tmp_path) -> None:
     assert manifest["layers"][0]["opacity"] == 0.5 and manifest["layers"][0]["group"] == ["Overlays"]
 
 
+def test_aprx_without_arcpy(cli, services, tmp_path) -> None:
+    """A Pro 3.x .aprx is a zip of JSON CIM members (CIMPATH=x names member x)."""
+    doc = mapx(services)
+    path = tmp_path / "field.aprx"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("GISProject.json", json.dumps({"type": "CIMGISProject"}))
+        z.writestr("map/map.json", json.dumps(doc["mapDefinition"]))
+        for definition in doc["layerDefinitions"]:
+            z.writestr(definition["uRI"].removeprefix("CIMPATH="), json.dumps(definition))
+    res = cli("run", "--map", str(path), "--levels", "0-2", "-o", "aprx", "--json")
+    assert res.code == 0, res.stderr
+    assert [lyr["title"] for lyr in json.loads(res.stdout)["layers"]] == \
+        ["Roads", "Parcels", "Topo", "World Topographic Map"]
+    _check_outputs(tmp_path / "aprx", services, {"Roads": "Roads", "Topo": "Topo"})
+    old = tmp_path / "old.aprx"
+    with zipfile.ZipFile(old, "w") as z:
+        z.writestr("GISProject.xml", "<GISProject/>")
+        z.writestr("layers/layers.xml", "<CIMMap/>")
+    res = cli("plan", "--map", str(old), "--levels", "0")
+    assert res.code == 2 and "Pro 2.x" in res.stderr
+
+
 QGS = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
 <qgis projectname="Field survey" version="3.22.16-Białowieża">
   <homePath path=""/>
@@ -357,8 +379,9 @@ def test_map_without_cached_layers(cli, services, tmp_path) -> None:
     ("empty.qgz", None, "holds no .qgs project"),
     ("broken.qgz", "not a zip", "not a readable .qgz"),
     ("missing.json", False, "no such file"),
-    ("map.aprx", "PK", "needs arcpy"),
-    ("map.txt", "x", "maps readable here: ArcGIS Pro map file (.mapx)"),
+    ("map.mxd", "x", "ArcMap document (.mxd; needs arcpy) needs arcpy"),
+    ("map.aprx", "PK", "not a readable ArcGIS Pro project"),
+    ("map.txt", "x", "maps readable here: ArcGIS Pro 3.x project (.aprx), ArcGIS Pro map file (.mapx)"),
 ])
 def test_bad_maps_exit_2_with_one_line(cli, tmp_path, name, content, message) -> None:
     path = tmp_path / name
@@ -427,3 +450,29 @@ def test_catalog_links_layer_jobs_to_their_map(cli, services, tmp_path) -> None:
     db = sqlite3.connect(tmp_path / "catalog.sqlite")
     assert db.execute("SELECT count(*) FROM jobs WHERE map_id = 1").fetchone()[0] == 3
     assert db.execute("SELECT status FROM maps").fetchall() == [("completed",)]
+
+
+def test_a_layer_the_token_cannot_read_is_skipped(cli, services, tmp_path) -> None:
+    from _tileserver import TileServer
+    refusing = {"error": {"code": 499, "message": "Token Required", "details": []}}
+    with TileServer({}, name="Secret", service=refusing) as secret:
+        data = {"operationalLayers": [
+            {"id": "s", "layerType": "ArcGISTiledMapServiceLayer", "url": secret.url,
+             "title": "Secret"},
+            {"id": "t", "layerType": "ArcGISTiledMapServiceLayer", "url": services.url("Topo"),
+             "title": "Topo"}], "baseMap": {"baseMapLayers": []}}
+        path = tmp_path / "m.json"
+        path.write_text(json.dumps(data))
+        res = cli("run", "--map", str(path), "--levels", "0", "-o", "o", "--json")
+    assert res.code == 0, res.stderr
+    secret_layer = json.loads(res.stdout)["layers"][1]
+    assert secret_layer["status"] == "skipped"
+    assert secret_layer["reason"].startswith("the token cannot read its service")
+    res = cli("run", "--map", str(path), "--levels", "0", "-o", "o")
+    assert res.code == 2 and "already exist" in res.stderr  # a second run refuses, writes nothing
+
+
+def test_file_safe_unique_names() -> None:
+    from cacheorch.maps.plan import file_safe_names
+    assert file_safe_names(["Roads / Streets", "roads_streets", "Über Karte", "..", "a" * 100]) == \
+        ["Roads_Streets", "roads_streets-2", "Über_Karte", "layer", "a" * 80]

@@ -6,13 +6,16 @@ where the spec writes ``URI``/``URL``, so keys are matched without regard to cas
 """
 from __future__ import annotations
 
+import json
+import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from cacheorch.errors import MapError
 from cacheorch.maps.model import MapDocument, MapLayer
 
-__all__ = ["cim_document", "cim_layer"]
+__all__ = ["cim_document", "cim_map_document", "cim_layer", "aprx_document"]
 
 _ROLES = {"operational": "operational", "basemapbackground": "basemap",
           "basemaptopreference": "reference"}
@@ -72,15 +75,19 @@ def cim_document(data: Any, source: str, path: str | None = None) -> MapDocument
         raise MapError(f"{source}: not an ArcGIS Pro map document (type is not CIMMapDocument)")
     definitions = {str(_get(d, "uri")): d for d in _get(data, "layerDefinitions") or ()
                    if isinstance(d, dict)}
-    map_definition = _get(data, "mapDefinition") or {}
+    return cim_map_document(_get(data, "mapDefinition") or {}, definitions, source, "mapx", path)
 
+
+def cim_map_document(map_definition: dict[str, Any], definitions: dict[str, Any], source: str,
+                     format: str, path: str | None = None) -> MapDocument:
+    """The MapDocument of a ``CIMMap`` whose layer URIs name entries of ``definitions``
+    (a .mapx's ``layerDefinitions`` by ``uRI``; an .aprx's members as ``CIMPATH=member``)."""
     def leaves(uris: Any, visible: bool, opacity: float, group: tuple[str, ...]
                ) -> Iterator[MapLayer]:
         for uri in uris or ():
             definition = definitions.get(str(uri))
             if definition is None:
-                raise MapError(f"{source}: layer {uri} is listed but not defined "
-                               "(no layerDefinitions entry with that uRI)")
+                raise MapError(f"{source}: layer {uri} is listed but not defined")
             if _get(definition, "type") == "CIMGroupLayer":
                 group_layer = cim_layer(definition, visible, opacity)
                 yield from leaves(_get(definition, "layers"), group_layer.visibility,
@@ -90,4 +97,34 @@ def cim_document(data: Any, source: str, path: str | None = None) -> MapDocument
 
     layers = tuple(leaves(_get(map_definition, "layers"), True, 1.0, ()))
     title = str(_get(map_definition, "name") or "map")
-    return MapDocument(title=title, source=source, layers=layers, format="mapx", path=path)
+    return MapDocument(title=title, source=source, layers=layers, format=format, path=path)
+
+
+def aprx_document(path: Path, source: str) -> MapDocument:
+    """The first map of an ArcGIS Pro 3.x project (``.aprx``: a zip of JSON CIM members).
+
+    ``CIMPATH=x`` names the zip member ``x`` (spec/maps.md §2.2). Pro 2.x projects hold CIM XML
+    instead: refused with a line saying how to get a readable file.
+
+    :raises MapError: not a zip, no JSON CIM map in it, or a CIM XML (Pro 2.x) project.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            members: dict[str, Any] = {}
+            for name in names:
+                if name.lower().endswith(".json"):
+                    try:
+                        members[name] = json.loads(archive.read(name).decode("utf-8-sig"))
+                    except (ValueError, UnicodeDecodeError):
+                        continue
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise MapError(f"{source}: not a readable ArcGIS Pro project (zip): {exc}") from None
+    maps = sorted(name for name, data in members.items() if _get(data, "type") == "CIMMap")
+    if not maps:
+        if any(n.lower().endswith(".xml") for n in names):
+            raise MapError(f"{source}: an ArcGIS Pro 2.x project (CIM XML), readable only with "
+                           "arcpy here; save it in ArcGIS Pro 3, or share the map as .mapx")
+        raise MapError(f"{source}: no map in the project (no CIMMap member)")
+    definitions = {f"CIMPATH={name}": data for name, data in members.items()}
+    return cim_map_document(members[maps[0]], definitions, source, "aprx", str(path))
