@@ -86,6 +86,9 @@ def case(name: str, hosts: int, args: argparse.Namespace, work: Path) -> dict:
     names = [f"S{i}" for i in range(hosts)]
     with servers(names, args.delay, args.max_level) as (urls, peaks):
         layer_urls = urls if hosts > 1 else urls * 3
+        d = work / f"{name}-warm-up"  # lazy imports and first-use costs, outside the clock
+        timed(["--catalog", str(d / "c.sqlite"), "run", "--service", urls[0], "--levels", "0",
+               "--exporter", "compact-v2", "-o", str(d / "out"), "--json"])
         alone = []
         for i, url in enumerate(layer_urls):
             d = work / f"{name}-alone-{i}"
@@ -132,9 +135,10 @@ def main() -> int:
             runs.append(case("three-hosts", 3, args, Path(tmp)))
     summary = []
     for name in ("one-host", "three-hosts"):
-        mine = [r for r in runs if r["case"] == name]
-        summary.append(mine[0] | {"ratio_median": statistics.median(r["ratio"] for r in mine),
-                                  "ratios": [r["ratio"] for r in mine]})
+        mine = sorted((r for r in runs if r["case"] == name), key=lambda r: r["ratio"])
+        median = mine[(len(mine) - 1) // 2]  # the run with the median ratio (lower middle)
+        summary.append(median | {"ratio_median": statistics.median(r["ratio"] for r in mine),
+                                 "ratios": [r["ratio"] for r in mine]})
     if args.json:
         print(json.dumps({"levels": args.levels, "delay": args.delay, "summary": summary,
                           "runs": runs}, indent=2))
@@ -145,7 +149,8 @@ def main() -> int:
         verdict = "ok" if s["ratio_median"] <= s["target"] else "OVER TARGET"
         print(f"{s['case']:<12} map {s['map_seconds']:>7.2f} s  vs {s['basis']} "
               f"{s['basis_seconds']:>7.2f} s  (alone: {', '.join(f'{a:.2f}' for a in s['alone_seconds'])})"
-              f"  ratio {s['ratio_median']:.3f} (target ≤ {s['target']}) {verdict}; "
+              f"  ratio {s['ratio']:.3f}, median of {s['ratios']}: {s['ratio_median']:.3f} "
+              f"(target ≤ {s['target']}) {verdict}; "
               f"server peak in flight {s['server_peak_in_flight']}")
     return 0
 

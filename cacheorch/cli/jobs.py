@@ -114,7 +114,7 @@ def plan_command(app: App, as_json: bool, token: str | None, html_path: str | No
     from cacheorch.cli import maps
     location = maps.map_location(app, kw)
     if location:
-        return maps.plan_map_command(app, location, kw, token, as_json)
+        return maps.plan_map_command(app, location, kw | {"html": html_path}, token, as_json)
     spec, connection = _spec_and_connection(app, kw | {"token": token})
     from cacheorch.interfaces import DelegatedExporter
     server_estimate = None

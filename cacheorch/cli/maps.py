@@ -30,13 +30,17 @@ def map_location(app: App, kw: dict[str, Any]) -> str | None:
 
 
 def _connection(kw: dict[str, Any], token: str | None) -> Connection:
-    from cacheorch.jobspec import JobSpec
-    options = JobSpec(service="").connection_options()  # defaults; the layers' own come later
-    if kw.get("max_rps") is not None:
-        options["max_rps"] = kw["max_rps"]
-    if kw.get("user_agent"):
-        options["user_agent"] = kw["user_agent"]
-    return Connection.from_env(token=token, referer=kw.get("referer"), **options)
+    """The connection that reads the map (and, once planned, fetches its layers)."""
+    extra = {"user_agent": kw["user_agent"]} if kw.get("user_agent") else {}
+    return Connection.from_env(token=token, referer=kw.get("referer"), **extra)
+
+
+def _politeness(connection: Connection, map_plan: Any) -> None:
+    """The job's politeness (``--max-rps``, failure threshold...) on the shared connection: the
+    same for every layer, so taken from the first planned layer's job."""
+    from cacheorch.maps.run import use_politeness
+    if map_plan.planned:
+        use_politeness(connection, map_plan.planned[0].plan.spec)
 
 
 def _plan(app: App, location: str, kw: dict[str, Any], token: str | None, *, fetching: bool
@@ -52,6 +56,7 @@ def _plan(app: App, location: str, kw: dict[str, Any], token: str | None, *, fet
         job = kw.pop("job", None)
         map_plan = plan_map(app.plugins, app.config, job, kw, document, connection,
                             fetching=fetching)
+        _politeness(connection, map_plan)
     except BaseException:
         connection.close()
         raise
@@ -66,6 +71,9 @@ def _emit(data: dict[str, Any]) -> None:
 def plan_map_command(app: App, location: str, kw: dict[str, Any], token: str | None,
                      as_json: bool) -> None:
     """``plan --map``: every layer, with its levels and what each policy did, or why it is skipped."""
+    if kw.pop("html", None):
+        from cacheorch.errors import UsageError
+        raise UsageError("--html draws the plan of one service; it does not take --map")
     map_plan, connection = _plan(app, location, kw, token, fetching=False)
     connection.close()
     if as_json:

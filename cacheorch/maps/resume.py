@@ -15,7 +15,7 @@ from cacheorch.jobplan import make_plan
 from cacheorch.jobspec import JobSpec
 from cacheorch.maps.model import MapDocument, MapLayer
 from cacheorch.maps.plan import LayerPlan, MapPlan
-from cacheorch.maps.run import LayerRun, MapOutcome, conclude_map, run_layer_jobs
+from cacheorch.maps.run import LayerRun, MapOutcome, conclude_map, run_layer_jobs, use_politeness
 
 if TYPE_CHECKING:
     from cacheorch.catalog import Catalog
@@ -53,6 +53,7 @@ def resume_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_i
             continue
         job = catalog.get_job(job_id)
         spec = _pinned(JobSpec.from_parameters(catalog.job_parameters(job_id)), job)
+        use_politeness(connection, spec)
         plan = make_plan(plugins, spec, connection)
         plans.append(LayerPlan(index, layer, "planned", plan=plan, output=Path(job["output"])))
         if job["status"] == "completed":

@@ -22,10 +22,12 @@ if TYPE_CHECKING:
     from cacheorch.catalog import Catalog
     from cacheorch.connection import Connection
     from cacheorch.jobplan import JobPlan
+    from cacheorch.jobspec import JobSpec
     from cacheorch.pluginmanager import Plugins
     from cacheorch.runner import JobOutcome
 
-__all__ = ["LayerRun", "MapOutcome", "run_map", "run_layer_jobs", "map_status"]
+__all__ = ["LayerRun", "MapOutcome", "run_map", "run_layer_jobs", "map_status", "use_politeness",
+           "conclude_map"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,15 @@ class MapOutcome:
     runs: dict[int, LayerRun] = field(default_factory=dict)
     manifest: Path | None = None
     copies: list[Path] = field(default_factory=list)
+
+
+def use_politeness(connection: Connection, spec: JobSpec) -> None:
+    """Give the map's shared connection the job's politeness (``--max-rps``, ``--user-agent``,
+    the failure threshold): the same for every layer, taken from one layer's job spec."""
+    for key, value in spec.connection_options().items():
+        setattr(connection, key, value)
+    if spec.referer:
+        connection.referer = spec.referer
 
 
 def map_status(statuses: list[str]) -> str:
