@@ -376,6 +376,7 @@ def test_map_without_cached_layers(cli, services, tmp_path) -> None:
     ("bad.mapx", '{"type": "CIMLayerDocument"}', "not an ArcGIS Pro map document"),
     ("bad.qgs", "<qgis><projectlayers>", "not a QGIS project"),
     ("other.qgs", "<html/>", "not a QGIS project"),
+    ("evil.qgs", '<!DOCTYPE qgis [<!ENTITY a "aaaa">]><qgis>&a;</qgis>', "declares XML entities"),
     ("empty.qgz", None, "holds no .qgs project"),
     ("broken.qgz", "not a zip", "not a readable .qgz"),
     ("missing.json", False, "no such file"),

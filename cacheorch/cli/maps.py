@@ -77,8 +77,16 @@ def plan_map_command(app: App, location: str, kw: dict[str, Any], token: str | N
     map_plan, connection = _plan(app, location, kw, token, fetching=False)
     connection.close()
     if as_json:
-        _emit({"map": map_plan.map_json(), "status": "planned",
-               "layers": [lp.to_json() for lp in map_plan.layers]})
+        from cacheorch.cli.jobs import _plan_json
+        layers = []
+        for lp in map_plan.layers:
+            head = {"title": lp.layer.title, "url": lp.layer.url, "role": lp.layer.role}
+            if lp.plan is None:  # skipped, or its service could not be read (failed)
+                key = "reason" if lp.status == "skipped" else "error"
+                layers.append(head | {"status": lp.status, key: lp.reason})
+            else:  # what plan --json prints for one service, plus title, url and role
+                layers.append(_plan_json(lp.plan) | head)
+        _emit({"map": map_plan.map_json(), "status": "planned", "layers": layers})
         return
     doc = map_plan.document
     click.echo(f"map      {doc.title} ({doc.format}, {len(doc.layers)} layers) → {map_plan.output}/")

@@ -54,20 +54,6 @@ class LayerPlan:
     reason: str | None = None
     output: Path | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        """The layer as ``plan --json`` prints it (a planned layer: what ``plan --json`` prints
-        for one service, plus title, url and role)."""
-        head = {"title": self.layer.title, "url": self.layer.url, "role": self.layer.role}
-        if self.plan is None:
-            key = "reason" if self.status == "skipped" else "error"
-            return head | {"status": self.status, key: self.reason}
-        plan = self.plan
-        return head | {"job_id": None, "status": "planned", "output": str(self.output),
-                       "service": plan.service.location, "exporter": plan.spec.exporter.name,
-                       "tiles_planned": plan.tiles, "policies": list(plan.policy_notes),
-                       "levels": [lv.to_json() for lv in plan.levels],
-                       "decisions": [d.to_json() for d in plan.decisions], "errors": []}
-
 
 @dataclass(frozen=True)
 class MapPlan:

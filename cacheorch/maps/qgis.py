@@ -14,12 +14,15 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 from xml.etree import ElementTree as ET
 
-from cacheorch.errors import MapError
+from cacheorch.errors import FormatError, MapError
+from cacheorch.formats.confxml import parse_xml
 from cacheorch.maps.model import MapDocument, MapLayer
 from cacheorch.maps.webmap import ARCGIS_TILE_TEMPLATE
 
 __all__ = ["read_project_text", "qgis_document", "layer_source"]
 
+_PLAIN_DOCTYPE = re.compile(r"<!DOCTYPE\s+qgis\b[^\[>]*>", re.I)
+_INTERNAL_SUBSET = re.compile(r"<!DOCTYPE[^>]*\[|<!\s*ENTITY", re.I)
 _AMS_PAIR = re.compile(r"(\w+)='((?:[^'\\]|\\.)*)'")
 _LOCAL_PROVIDERS = {"gdal", "ogr", "spatialite", "delimitedtext", "memory", "virtual", "mdal",
                     "pdal", "gpx"}
@@ -84,10 +87,15 @@ def qgis_document(path: Path, source: str) -> MapDocument:
     :raises MapError: unreadable, not XML, or not a QGIS project.
     """
     text, _ = read_project_text(path)
+    # QGIS writes `<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>`: that plain
+    # declaration is dropped before the guarded parser; one with an internal subset (entities,
+    # the way to an expansion bomb) is refused like any other XML cacheorch reads.
+    if _INTERNAL_SUBSET.search(text):
+        raise MapError(f"{path}: refusing a project that declares XML entities")
     try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise MapError(f"{path}: not a QGIS project (XML error: {exc})") from None
+        root = parse_xml(_PLAIN_DOCTYPE.sub("", text, count=1).encode("utf-8"), str(path))
+    except FormatError as exc:
+        raise MapError(f"{path}: not a QGIS project ({str(exc).split(': ', 1)[-1]})") from None
     if root.tag != "qgis":
         raise MapError(f"{path}: not a QGIS project (root element <{root.tag}>, not <qgis>)")
     maplayers = {}
