@@ -368,6 +368,12 @@ def test_map_without_cached_layers(cli, services, tmp_path) -> None:
     assert res.code == 2 and len(res.stderr.splitlines()) == 1
     assert "no cached tiled layer" in res.stderr and "Soils (a dynamic map service" in res.stderr
     assert not (tmp_path / "x").exists()
+    # a tiled layer whose service turns out not to be cached is no cached tiled layer either
+    data["operationalLayers"] = webmap(services)["operationalLayers"][2]["layers"][1:]
+    path.write_text(json.dumps(data))
+    res = cli("run", "--map", str(path), "--levels", "0", "-o", "x")
+    assert res.code == 2 and "Soils tiles (a tiled layer whose service is not cached" in res.stderr
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("name, content, message", [

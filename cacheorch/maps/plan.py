@@ -110,6 +110,12 @@ def _overrides(section: dict[str, str], document: MapDocument, where: str
     return found
 
 
+def _nothing_to_export(document: MapDocument, reasons: dict[int, str | None]) -> MapError:
+    found = ", ".join(f"{layer.title} ({reasons[i]})" for i, layer in enumerate(document.layers))
+    return MapError(f"{document.source}: no cached tiled layer to export; found "
+                    f"{len(document.layers)} layer(s): {found or 'none'}")
+
+
 def plan_map(plugins: Plugins, config: Config, job_name: str | None, flags: dict[str, Any],
              document: MapDocument, connection: Connection, *, fetching: bool = True) -> MapPlan:
     """Classify every layer, then plan each exported one as a job of its own.
@@ -136,9 +142,7 @@ def plan_map(plugins: Plugins, config: Config, job_name: str | None, flags: dict
             reasons[i] = f"skipped by the job section ({where} layer.{layer.title}.skip)"
     candidates = [i for i, r in reasons.items() if r is None]
     if not candidates:
-        found = ", ".join(f"{layer.title} ({reasons[i]})" for i, layer in enumerate(document.layers))
-        raise MapError(f"{document.source}: no cached tiled layer to export; found "
-                       f"{len(document.layers)} layer(s): {found or 'none'}")
+        raise _nothing_to_export(document, reasons)
     names = dict(zip(candidates, file_safe_names([document.layers[i].title for i in candidates])))
 
     plans: list[LayerPlan] = []
@@ -174,6 +178,8 @@ def plan_map(plugins: Plugins, config: Config, job_name: str | None, flags: dict
         except CacheorchError:
             raise
         plans.append(LayerPlan(i, layer, "planned", plan=job_plan, output=output))
+    if not any(lp.status in ("planned", "failed") for lp in plans):  # e.g. none is cached
+        raise _nothing_to_export(document, {lp.index: lp.reason for lp in plans})
     parameters = {"map": document.source, "path": document.path, "job": job_name,
                   "flags": {k: v for k, v in flags.items() if k != "token" and v not in
                             (None, (), [], False)}}
