@@ -459,17 +459,21 @@ def test_catalog_links_layer_jobs_to_their_map(cli, services, tmp_path) -> None:
     assert db.execute("SELECT status FROM maps").fetchall() == [("completed",)]
 
 
+def _two_layer_map(tmp_path: Path, *layers: tuple[str, str]) -> Path:
+    """A web map file of tiled layers (title, url), bottom first."""
+    data = {"operationalLayers": [{"id": title, "layerType": "ArcGISTiledMapServiceLayer",
+                                   "url": url, "title": title} for title, url in layers],
+            "baseMap": {"baseMapLayers": []}}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
 def test_a_layer_the_token_cannot_read_is_skipped(cli, services, tmp_path) -> None:
     from _tileserver import TileServer
     refusing = {"error": {"code": 499, "message": "Token Required", "details": []}}
     with TileServer({}, name="Secret", service=refusing) as secret:
-        data = {"operationalLayers": [
-            {"id": "s", "layerType": "ArcGISTiledMapServiceLayer", "url": secret.url,
-             "title": "Secret"},
-            {"id": "t", "layerType": "ArcGISTiledMapServiceLayer", "url": services.url("Topo"),
-             "title": "Topo"}], "baseMap": {"baseMapLayers": []}}
-        path = tmp_path / "m.json"
-        path.write_text(json.dumps(data))
+        path = _two_layer_map(tmp_path, ("Secret", secret.url), ("Topo", services.url("Topo")))
         res = cli("run", "--map", str(path), "--levels", "0", "-o", "o", "--json")
     assert res.code == 0, res.stderr
     secret_layer = json.loads(res.stdout)["layers"][1]
@@ -483,3 +487,51 @@ def test_file_safe_unique_names() -> None:
     from cacheorch.maps.plan import file_safe_names
     assert file_safe_names(["Roads / Streets", "roads_streets", "Über Karte", "..", "a" * 100]) == \
         ["Roads_Streets", "roads_streets-2", "Über_Karte", "layer", "a" * 80]
+
+
+def test_a_layer_down_when_planned_is_started_by_resume(cli, services, tmp_path) -> None:
+    from _maps import tiles_of
+    from _tiles import mercator_service_json
+    from _tileserver import TileServer
+    with TileServer(tiles_of(7), name="Late", service=None) as late:
+        path = _two_layer_map(tmp_path, ("Late", late.url), ("Topo", services.url("Topo")))
+        res = cli("run", "--map", str(path), "--levels", "0-2", "-o", "out", "--json")
+        assert res.code == 1, res.stderr
+        layers = {lyr["title"]: lyr for lyr in json.loads(res.stdout)["layers"]}
+        assert layers["Late"]["status"] == "failed" and "HTTP 404" in layers["Late"]["errors"][0]
+        assert layers["Topo"]["status"] == "completed"
+        late.service = mercator_service_json(max(LEVELS))  # the server is back
+        res = cli("resume", "m1", "--json")
+        assert res.code == 0, res.stderr
+        assert [lyr["status"] for lyr in json.loads(res.stdout)["layers"]] == ["completed"] * 2
+    services.tiles["Late"] = tiles_of(7)
+    _check_outputs(tmp_path / "out", services, {"Late": "Late", "Topo": "Topo"})
+
+
+def test_an_interrupted_map_resumes_the_layers_it_never_reached(cli, services, tmp_path,
+                                                                  monkeypatch) -> None:
+    import cacheorch.runner
+    real = cacheorch.runner.run_job
+    calls = []
+
+    def interrupted(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # Ctrl-C while the second layer starts
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(cacheorch.runner, "run_job", interrupted)
+    data = webmap(services)
+    for layer in data["baseMap"]["baseMapLayers"]:  # all layers on one host: one after another
+        layer.pop("templateUrl", None)
+        layer.update(url=services.url("Topo"), layerType="ArcGISTiledMapServiceLayer")
+    data["operationalLayers"][1]["url"] = services.url("Topo")
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    res = cli("run", "--map", str(path), "--levels", "0-1", "-o", "out")
+    assert res.code == 1 and "interrupted" in res.stderr
+    assert json.loads(cli("job", "m1", "--json").stdout)["status"] == "interrupted"
+    monkeypatch.setattr(cacheorch.runner, "run_job", real)
+    res = cli("resume", "m1", "--json")
+    assert res.code == 0, res.stderr
+    done = [lyr for lyr in json.loads(res.stdout)["layers"] if lyr["status"] == "completed"]
+    assert len(done) == 4 and len({lyr["job_id"] for lyr in done}) == 4

@@ -31,17 +31,25 @@ def create_map(catalog: Catalog, *, title: str, source: str, format: str, output
         return record.id
 
 
-def attach_job(catalog: Catalog, map_id: int, job_id: int) -> None:
-    """Make ``job_id`` one of the map's layer jobs."""
+def attach_job(catalog: Catalog, map_id: int, job_id: int, index: int | None = None) -> None:
+    """Make ``job_id`` one of the map's layer jobs (the job of layer ``index``, if given)."""
     with catalog._write() as session:
         session.execute(update(Job).where(Job.id == job_id).values(map_id=map_id))
+        if index is not None:
+            record = _map(catalog, session, map_id)
+            record.layers = [dict(entry, job_id=job_id, status="running")
+                             if entry.get("index") == index else entry
+                             for entry in record.layers]
 
 
-def finish_map(catalog: Catalog, map_id: int, status: str, layers: list[dict[str, Any]]) -> None:
-    """Store how the map job ended and its layers' outcomes."""
+def finish_map(catalog: Catalog, map_id: int, status: str,
+               layers: list[dict[str, Any]] | None = None) -> None:
+    """Store how the map job ended and (if given) its layers' outcomes."""
     with catalog._write() as session:
         record = _map(catalog, session, map_id)
-        record.status, record.layers = status, catalog._scrub.data(layers)
+        record.status = status
+        if layers is not None:
+            record.layers = catalog._scrub.data(layers)
         record.finished_at = utcnow() if status != "running" else None
 
 

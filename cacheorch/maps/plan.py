@@ -19,7 +19,7 @@ from cacheorch.errors import (
     ServiceError, UsageError,
 )
 from cacheorch.jobplan import JobPlan, make_plan
-from cacheorch.jobspec import DEFAULT_EXPORTER, job_spec_from
+from cacheorch.jobspec import DEFAULT_EXPORTER, JobSpec, job_spec_from
 from cacheorch.maps.classify import service_skip_reason, skip_reason
 from cacheorch.maps.model import MapDocument, MapLayer
 from cacheorch.options import split_plugin_spec
@@ -44,7 +44,9 @@ class LayerPlan:
     """One layer of the map and what will happen to it.
 
     ``status`` is ``planned`` (``plan`` holds the job), ``skipped`` (``reason`` says why) or
-    ``failed`` (its service could not be read: ``reason`` holds the error).
+    ``failed`` (its service could not be read: ``reason`` holds the error). ``spec`` is the
+    layer's job as asked for (planned and failed layers), kept in the catalog so that ``resume``
+    can start the layers a map never reached.
     """
 
     index: int
@@ -53,6 +55,7 @@ class LayerPlan:
     plan: JobPlan | None = None
     reason: str | None = None
     output: Path | None = None
+    spec: JobSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -171,13 +174,14 @@ def plan_map(plugins: Plugins, config: Config, job_name: str | None, flags: dict
             reason = service_skip_reason(layer, exc) if isinstance(exc, ServiceError) else \
                 f"nothing to export here: {exc}"
             if reason is None:
-                plans.append(LayerPlan(i, layer, "failed", reason=connection.redact(exc)))
+                plans.append(LayerPlan(i, layer, "failed", reason=connection.redact(exc),
+                                       output=output, spec=spec))
             else:
                 plans.append(LayerPlan(i, layer, "skipped", reason=connection.redact(reason)))
             continue
         except CacheorchError:
             raise
-        plans.append(LayerPlan(i, layer, "planned", plan=job_plan, output=output))
+        plans.append(LayerPlan(i, layer, "planned", plan=job_plan, output=output, spec=spec))
     if not any(lp.status in ("planned", "failed") for lp in plans):  # e.g. none is cached
         raise _nothing_to_export(document, {lp.index: lp.reason for lp in plans})
     parameters = {"map": document.source, "path": document.path, "job": job_name,

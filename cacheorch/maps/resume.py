@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cacheorch.catalog.maps import get_map
-from cacheorch.errors import UsageError
+from cacheorch.errors import CacheorchError, UsageError
 from cacheorch.jobplan import make_plan
 from cacheorch.jobspec import JobSpec
 from cacheorch.maps.model import MapDocument, MapLayer
@@ -47,6 +47,20 @@ def resume_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_i
     work = []
     for entry, layer in zip(entries, layers):
         index, job_id = entry["index"], entry.get("job_id")
+        if job_id is None and entry.get("spec") and entry["status"] != "skipped":
+            # never reached (interrupted) or its service was down when planned: start it now
+            spec = JobSpec.from_parameters(entry["spec"])
+            use_politeness(connection, spec)
+            output = Path(spec.output) if spec.output else None
+            try:
+                plan = make_plan(plugins, spec, connection)
+            except CacheorchError as exc:
+                plans.append(LayerPlan(index, layer, "failed", reason=connection.redact(exc),
+                                       output=output, spec=spec))
+                continue
+            plans.append(LayerPlan(index, layer, "planned", plan=plan, output=output, spec=spec))
+            work.append((index, plan, None))
+            continue
         if job_id is None:
             plans.append(LayerPlan(index, layer, entry["status"],
                                    reason=entry.get("reason") or entry.get("error")))
@@ -55,7 +69,8 @@ def resume_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_i
         spec = _pinned(JobSpec.from_parameters(catalog.job_parameters(job_id)), job)
         use_politeness(connection, spec)
         plan = make_plan(plugins, spec, connection)
-        plans.append(LayerPlan(index, layer, "planned", plan=plan, output=Path(job["output"])))
+        plans.append(LayerPlan(index, layer, "planned", plan=plan, output=Path(job["output"]),
+                               spec=spec))
         if job["status"] == "completed":
             runs[index] = LayerRun(job_id, JobOutcome(job_id, "completed", job["output"]))
         else:

@@ -91,13 +91,16 @@ def run_layer_jobs(plugins: Plugins, catalog: Catalog, connection: Connection,
         def started(new_id: int) -> None:
             run.job_id = new_id
             if job_id is None:
-                attach_job(catalog, map_id, new_id)
+                attach_job(catalog, map_id, new_id, index)
         own = replace(connection, _session=None)
         try:
             run.outcome = run_job(plugins, catalog, own, plan, job_id=job_id, on_start=started)
             run.message = run.outcome.message
         except CacheorchError as exc:
             run.message = connection.redact(exc)
+            if run.job_id is not None and \
+                    catalog.get_job(run.job_id)["status"] == "interrupted":
+                raise KeyboardInterrupt from None  # Ctrl-C / SIGTERM stops the map, not a layer
             log.warning("layer %d (%s) failed: %s", index + 1, plan.service.location, run.message)
         finally:
             own.close()
@@ -120,10 +123,22 @@ def run_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_plan
     initial = [manifest_layer(lp, folder) for lp in map_plan.layers]
     map_id = create_map(catalog, title=document.title, source=document.source,
                         format=document.format, output=str(folder.absolute()),
-                        parameters=map_plan.parameters, layers=initial)
+                        parameters=map_plan.parameters, layers=_with_specs(map_plan, initial))
     work = [(lp.index, lp.plan, None) for lp in map_plan.planned]
-    runs = run_layer_jobs(plugins, catalog, connection, work, map_id)  # type: ignore[arg-type]
+    try:
+        runs = run_layer_jobs(plugins, catalog, connection, work, map_id)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        finish_map(catalog, map_id, "interrupted")  # resume mID starts the layers not reached
+        raise
     return conclude_map(plugins, catalog, map_plan, map_id, runs)
+
+
+def _with_specs(map_plan: MapPlan, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The catalog's copy of the layers: the manifest's, plus each layer's job spec (no secrets:
+    a JobSpec holds none) so ``resume`` can start a layer the map never reached."""
+    specs = {lp.index: lp.spec.to_parameters() for lp in map_plan.layers if lp.spec is not None}
+    return [entry | ({"spec": specs[entry["index"]]} if entry["index"] in specs else {})
+            for entry in layers]
 
 
 def conclude_map(plugins: Plugins, catalog: Catalog, map_plan: MapPlan, map_id: int,
@@ -148,5 +163,5 @@ def conclude_map(plugins: Plugins, catalog: Catalog, map_plan: MapPlan, map_id: 
             except (CacheorchError, OSError) as exc:
                 log.warning("offline copy by %s not written: %s", entry.name, exc)
     outcome.manifest = write_manifest(folder, map_plan, map_id, status, layers, outcome.copies)
-    finish_map(catalog, map_id, status, layers)
+    finish_map(catalog, map_id, status, _with_specs(map_plan, layers))
     return outcome
