@@ -131,9 +131,11 @@ class Plugins:
     exporters: Registry[Exporter] = field(default_factory=lambda: Registry("exporter"))
 
     def registries(self) -> dict[str, Registry[Any]]:
+        from cacheorch.maps.registry import map_readers, map_writers  # collected on first use
         return {"scale_sources": self.scale_sources, "tile_sources": self.tile_sources,
                 "policies": self.policies, "aoi_generators": self.aoi_generators,
-                "exporters": self.exporters}
+                "exporters": self.exporters, "map_readers": map_readers(self),
+                "map_writers": map_writers(self)}
 
     def plugin_label(self, plugin: object) -> str:
         return self.pm.get_name(plugin) or repr(plugin)

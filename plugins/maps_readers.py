@@ -170,7 +170,7 @@ class AprxReader(_FileMapReader):
 
 
 class ArcpyMapReader(_FileMapReader):
-    """An ArcMap document (.mxd) or an ArcGIS Pro project (.aprx), via arcpy."""
+    """An ArcMap document (.mxd), or a Pro 2.x project (.aprx) the aprx reader refers, via arcpy."""
 
     name = "arcpy-map"
     formats = "ArcMap document (.mxd; needs arcpy)"

@@ -481,6 +481,7 @@ def test_a_layer_the_token_cannot_read_is_skipped(cli, services, tmp_path) -> No
     assert secret_layer["reason"].startswith("the token cannot read its service")
     res = cli("run", "--map", str(path), "--levels", "0", "-o", "o")
     assert res.code == 2 and "already exist" in res.stderr  # a second run refuses, writes nothing
+    assert "map.json" in res.stderr
 
 
 def test_file_safe_unique_names() -> None:

@@ -220,7 +220,8 @@ def echo_map_jobs(app: App, jobs: list[dict[str, Any]], as_json: bool) -> bool:
 def _echo_job_row(job: dict[str, Any] | None, indent: str = "") -> None:
     if job is None:
         return
-    click.echo(f"{indent}{job['id']:>{5 - len(indent) if indent else 5}}  {job['status']:<11}  "
+    ident = f"└ {job['id']}" if indent else str(job["id"])
+    click.echo(f"{ident:>5}  {job['status']:<11}  "
                f"{str(job.get('created_at')):<25}  {job.get('tiles_written') or 0:>10,}  "
                f"{job.get('tiles_failed') or 0:>7,}  {job.get('output')}")
 
@@ -263,7 +264,7 @@ def verify_map_folder(app: App, folder: str, as_json: bool) -> bool:
         if not as_json:
             for defect in report.defects:
                 click.echo(f"{entry['output']}: {defect}")
-            click.echo(f"{entry['output']}: {report.summary()}")
+            click.echo(report.summary())
     if as_json:
         _emit({"map": manifest.get("title"), "ok": not bad, "outputs": reports})
     if bad:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from cacheorch.catalog.maps import attach_job, create_map, finish_map
 from cacheorch.errors import CacheorchError, OutputExistsError
 from cacheorch.maps.hosts import host_of, run_by_host
-from cacheorch.maps.manifest import manifest_layer, write_manifest
+from cacheorch.maps.manifest import MANIFEST, manifest_layer, write_manifest
 from cacheorch.maps.plan import LayerPlan, MapPlan
 from cacheorch.maps.registry import map_writers
 
@@ -113,8 +113,10 @@ def run_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_plan
             ) -> MapOutcome:
     """Export every planned layer, then write ``map.json`` and the offline copies."""
     folder = map_plan.output
-    existing = [str(lp.output) for lp in map_plan.planned if lp.plan is not None
-                and lp.plan.spec.mode == "create" and lp.output is not None and lp.output.exists()]
+    create = [lp for lp in map_plan.layers if lp.spec is not None and lp.spec.mode == "create"]
+    existing = [str(lp.output) for lp in create if lp.output is not None and lp.output.exists()]
+    if create and (folder / MANIFEST).exists():
+        existing.insert(0, str(folder / MANIFEST))
     if existing:  # refused before anything is written, as a single job refuses its output
         raise OutputExistsError(f"{', '.join(existing)} already exist(s); give another --output "
                                 "folder, or --mode overwrite / merge")
