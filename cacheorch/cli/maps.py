@@ -63,6 +63,13 @@ def _plan(app: App, location: str, kw: dict[str, Any], token: str | None, *, fet
     return map_plan, connection
 
 
+def _head(lp: Any) -> dict[str, Any]:
+    """What every layer object of ``--json`` starts with (a URL's secrets masked)."""
+    from cacheorch.connection import redact_url
+    url = lp.layer.url
+    return {"title": lp.layer.title, "url": redact_url(url) if url else url, "role": lp.layer.role}
+
+
 def _emit(data: dict[str, Any]) -> None:
     from cacheorch.cli.jobs import _emit_json
     _emit_json(data)
@@ -80,7 +87,7 @@ def plan_map_command(app: App, location: str, kw: dict[str, Any], token: str | N
         from cacheorch.cli.jobs import _plan_json
         layers = []
         for lp in map_plan.layers:
-            head = {"title": lp.layer.title, "url": lp.layer.url, "role": lp.layer.role}
+            head = _head(lp)
             if lp.plan is None:  # skipped, or its service could not be read (failed)
                 key = "reason" if lp.status == "skipped" else "error"
                 layers.append(head | {"status": lp.status, key: lp.reason})
@@ -112,7 +119,7 @@ def _layers_json(app: App, map_plan: Any, outcome: Any) -> list[dict[str, Any]]:
     out = []
     with app.open_catalog() as catalog:
         for lp in map_plan.layers:
-            head = {"title": lp.layer.title, "url": lp.layer.url, "role": lp.layer.role}
+            head = _head(lp)
             run = outcome.runs.get(lp.index)
             if run is None or run.job_id is None:
                 if lp.status == "skipped":

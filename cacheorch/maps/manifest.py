@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cacheorch.connection import redact_url
 from cacheorch.errors import MapError
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def manifest_layer(lp: LayerPlan, folder: Path, run: LayerRun | None = None,
     """One layer's manifest entry (before the run: planned; after: with its job's totals)."""
     layer = lp.layer
     entry: dict[str, Any] = {
-        "index": lp.index, "title": layer.title, "role": layer.role, "url": layer.url,
+        "index": lp.index, "title": layer.title, "role": layer.role,
+        "url": redact_url(layer.url) if layer.url else layer.url,
         "visibility": layer.visibility, "opacity": layer.opacity, "group": list(layer.group),
         "kind": layer.kind, "type": layer.type, "ref": layer.ref, "status": lp.status,
     }
