@@ -15,8 +15,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
-    "Base", "Service", "Job", "MapRecord", "JobLevel", "JobBundle", "JobTileError", "JobEvent", "JobMessage",
-    "JOB_STATUSES", "BUNDLE_STATES", "UTCDateTime", "utcnow",
+    "Base", "Service", "Job", "JobLevel", "JobBundle", "JobTileError", "JobEvent", "JobMessage",
+    "MapRecord", "JOB_STATUSES", "BUNDLE_STATES", "UTCDateTime", "utcnow",
 ]
 
 #: Every status a job can have; ``running`` until the runner says how it ended.
