@@ -173,7 +173,7 @@ class ArcpyMapReader(_FileMapReader):
     """An ArcMap document (.mxd), or a Pro 2.x project (.aprx) the aprx reader refers, via arcpy."""
 
     name = "arcpy-map"
-    formats = "ArcMap document (.mxd; needs arcpy)"
+    formats = "ArcMap document (.mxd)"
     suffixes = (".mxd",)
 
     @classmethod

@@ -20,7 +20,7 @@ from _tiles import Tiles, mercator_service_json
 from _tileserver import TileServer
 from cacheorch.tiling import web_mercator_scheme
 
-__all__ = ["MapServices", "Portal", "gdal_tiles_differ", "tiles_of"]
+__all__ = ["MapServices", "Portal", "gdal_tiles_differ", "tiles_of", "install_stand_in_arcpy"]
 
 LEVELS = (0, 1, 2)
 
@@ -134,3 +134,38 @@ def gdal_tiles_differ(path: Path, tiles: Tiles) -> list[tuple[int, int, int]]:
                 if not np.array_equal(read_tile(ds, scheme, *key), ours):
                     bad.append(key)
     return bad
+
+
+def install_stand_in_arcpy(monkeypatch, url: str) -> None:
+    """A stand-in ``arcpy`` whose project (any .aprx, or "CURRENT" + importDocument of an .mxd)
+    holds one map: a tiled Roads layer, a group, a hidden Topo basemap (25 % transparent)."""
+    import sys
+    import types
+
+    from cacheorch.plugins.maps_readers import ArcpyMapReader
+
+    class Layer:
+        def __init__(self, name, definition, group=False, visible=True):
+            self.name, self._definition = name, definition
+            self.isGroupLayer, self.visible = group, visible
+
+        def getDefinition(self, version):  # noqa: N802 - arcpy's name
+            assert version == "V3"
+            return self._definition
+
+    class CIMTiledServiceLayer:
+        def __init__(self, name, layer_type):
+            self.name, self.layerType, self.visibility, self.transparency = name, layer_type, True, 25
+            self.serviceConnection = type("CIMAGSServiceConnection", (), {})()
+            self.serviceConnection.url, self.serviceConnection.objectType = url, "MapServer"
+
+    layers = [Layer("Roads", CIMTiledServiceLayer("Roads", "Operational")),
+              Layer("Group", None, group=True),
+              Layer("Topo", CIMTiledServiceLayer("Topo", "BasemapBackground"), visible=False)]
+    ns = types.SimpleNamespace
+    project = ns(listMaps=lambda: [ns(name="Field", listLayers=lambda: layers)],
+                 importDocument=lambda path: None)
+    arcpy = types.ModuleType("arcpy")
+    arcpy.mp = ns(ArcGISProject=lambda path: project)
+    monkeypatch.setitem(sys.modules, "arcpy", arcpy)
+    monkeypatch.setattr(ArcpyMapReader, "available", classmethod(lambda cls: True))

@@ -386,7 +386,7 @@ def test_map_without_cached_layers(cli, services, tmp_path) -> None:
     ("empty.qgz", None, "holds no .qgs project"),
     ("broken.qgz", "not a zip", "not a readable .qgz"),
     ("missing.json", False, "no such file"),
-    ("map.mxd", "x", "ArcMap document (.mxd; needs arcpy) needs arcpy"),
+    ("map.mxd", "x", "ArcMap document (.mxd) needs arcpy"),
     ("map.aprx", "PK", "not a readable ArcGIS Pro project"),
     ("map.txt", "x", "maps readable here: ArcGIS Pro 3.x project (.aprx), ArcGIS Pro map file (.mapx)"),
 ])

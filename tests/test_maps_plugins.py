@@ -1,12 +1,11 @@
-"""The map plugin kinds: the built-in readers and writer pass their contracts; both hooks work
-for a third-party plugin; the arcpy reader runs against a stand-in arcpy; the per-host schedule."""
+"""The map plugin kinds: both hooks work for a third-party plugin; URL forms of portal items; the
+arcpy reader against a stand-in arcpy; the per-host schedule. (The built-ins' contract tests are
+in test_contracts_builtin.py.)"""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -15,83 +14,10 @@ from cacheorch import hookimpl
 from cacheorch.maps.hosts import host_of, run_by_host
 from cacheorch.maps.interfaces import MapReader, MapWriter
 from cacheorch.maps.model import MapDocument, MapLayer
-from cacheorch.testing import MapReaderContract, MapWriterContract
-from cacheorch.plugins.maps_readers import (
-    ArcpyMapReader, MapxReader, PortalItemReader, QgisProjectReader, WebMapFileReader, portal_item,
-)
-from cacheorch.plugins.maps_writers import QgisOfflineWriter
+from _maps import install_stand_in_arcpy
+from cacheorch.plugins.maps_readers import ArcpyMapReader, portal_item
 
 URL = "http://127.0.0.1:9/arcgis/rest/services/Topo/MapServer"
-WEBMAP = {"operationalLayers": [{"id": "a", "layerType": "ArcGISTiledMapServiceLayer", "url": URL,
-                                 "title": "Topo"}], "baseMap": {"baseMapLayers": []}}
-
-
-class TestWebMapFileReader(MapReaderContract):
-    plugin = WebMapFileReader
-    bad_locations = ("/nonexistent/map.json",)
-
-    @pytest.fixture
-    def location(self, tmp_path: Path) -> str:
-        path = tmp_path / "m.json"
-        path.write_text(json.dumps(WEBMAP))
-        return str(path)
-
-
-class TestMapxReader(MapReaderContract):
-    plugin = MapxReader
-    bad_locations = ("/nonexistent/map.mapx",)
-
-    @pytest.fixture
-    def location(self, tmp_path: Path) -> str:
-        from test_maps import mapx
-        fake = types.SimpleNamespace(url=lambda name: URL)
-        path = tmp_path / "m.mapx"
-        path.write_text(json.dumps(mapx(fake)))
-        return str(path)
-
-
-class TestQgisProjectReader(MapReaderContract):
-    plugin = QgisProjectReader
-    bad_locations = ("/nonexistent/p.qgs", "/nonexistent/p.qgz")
-
-    @pytest.fixture
-    def location(self, tmp_path: Path) -> str:
-        from test_maps import qgs_text
-        fake = types.SimpleNamespace(url=lambda name: URL)
-        path = tmp_path / "p.qgs"
-        path.write_text(qgs_text(fake), encoding="utf-8")
-        return str(path)
-
-
-class TestPortalItemReader(MapReaderContract):
-    plugin = PortalItemReader
-    bad_locations = ("http://127.0.0.1:9/portal/home/item.html?id=0123456789abcdef0123456789abcdef",)
-
-    @pytest.fixture
-    def location(self):
-        from _maps import Portal
-        item = "0123456789abcdef0123456789abcdef"
-        with Portal({item: ({"type": "Web Map", "title": "T"}, WEBMAP)}) as portal:
-            yield f"{portal.root}/home/item.html?id={item}"
-
-
-class TestQgisOfflineWriter(MapWriterContract):
-    plugin = QgisOfflineWriter
-
-    @pytest.fixture
-    def document(self, tmp_path: Path) -> MapDocument:
-        from test_maps import qgs_text
-        fake = types.SimpleNamespace(url=lambda name: URL)
-        path = tmp_path / "p.qgs"
-        path.write_text(qgs_text(fake), encoding="utf-8")
-        return QgisProjectReader().read(str(path), None)  # type: ignore[arg-type]
-
-    @pytest.fixture
-    def outputs(self, tmp_path: Path) -> dict[int, Path]:
-        out = tmp_path / "copy" / "Roads.gpkg"
-        out.parent.mkdir(exist_ok=True)
-        out.write_bytes(b"")
-        return {0: out}
 
 
 def test_portal_urls_users_paste() -> None:
@@ -188,32 +114,8 @@ def test_hook_cacheorch_register_map_writers(tmp_path: Path) -> None:
 
 
 def test_arcpy_reader_with_a_stand_in_arcpy(tmp_path: Path, monkeypatch) -> None:
-    """Where arcpy exists, .aprx layers are read from their CIM (a stand-in records the calls)."""
-    ns = types.SimpleNamespace
-
-    class Layer:
-        def __init__(self, name, definition, group=False, visible=True):
-            self.name, self._definition = name, definition
-            self.isGroupLayer, self.visible = group, visible
-
-        def getDefinition(self, version):  # noqa: N802 - arcpy's name
-            assert version == "V3"
-            return self._definition
-
-    class CIMTiledServiceLayer:
-        def __init__(self, name, url, layer_type):
-            self.name, self.layerType, self.visibility, self.transparency = name, layer_type, True, 25
-            self.serviceConnection = type("CIMAGSServiceConnection", (), {})()
-            self.serviceConnection.url, self.serviceConnection.objectType = url, "MapServer"
-
-    layers = [Layer("Roads", CIMTiledServiceLayer("Roads", URL, "Operational")),
-              Layer("Group", None, group=True),
-              Layer("Topo", CIMTiledServiceLayer("Topo", URL, "BasemapBackground"), visible=False)]
-    project = ns(listMaps=lambda: [ns(name="Field", listLayers=lambda: layers)])
-    arcpy = types.ModuleType("arcpy")
-    arcpy.mp = ns(ArcGISProject=lambda path: project)
-    monkeypatch.setitem(sys.modules, "arcpy", arcpy)
-    monkeypatch.setattr(ArcpyMapReader, "available", classmethod(lambda cls: True))
+    """Where arcpy exists, .aprx layers are read from their CIM (a stand-in answers)."""
+    install_stand_in_arcpy(monkeypatch, URL)
     doc = ArcpyMapReader().read(str(tmp_path / "p.aprx"), None)  # type: ignore[arg-type]
     assert [(lyr.title, lyr.role, lyr.kind, lyr.url, lyr.visibility, lyr.opacity)
             for lyr in doc.layers] == [("Roads", "operational", "tiled-map", URL, True, 0.75),
