@@ -121,6 +121,7 @@ def test_plan_explains_each_layer(cli, services, tmp_path) -> None:
     res = cli("plan", "--map", str(path), "--levels", "1-2")
     assert res.code == 0
     assert "policy" in res.stdout and "skipped: a feature layer" in res.stdout
+    assert "levels 0 dropped by levels 1-2" in res.stdout
 
 
 def test_portal_item_with_token(cli, services, tmp_path, monkeypatch) -> None:

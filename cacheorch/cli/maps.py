@@ -81,6 +81,7 @@ def plan_map_command(app: App, location: str, kw: dict[str, Any], token: str | N
     if kw.pop("html", None):
         from cacheorch.errors import UsageError
         raise UsageError("--html draws the plan of one service; it does not take --map")
+    from cacheorch.tiling import format_levels
     map_plan, connection = _plan(app, location, kw, token, fetching=False)
     connection.close()
     if as_json:
@@ -110,6 +111,12 @@ def plan_map_command(app: App, location: str, kw: dict[str, Any], token: str | N
         click.echo(f"{head}: {plan.tiles:,} tiles in levels {levels} → {lp.output}")
         for note in plan.policy_notes:
             click.echo(f"           policy {note}")
+        dropped: dict[str, list[int]] = {}  # the levels of this layer's scheme left out, and why
+        for decision in plan.decisions:
+            if not decision.kept:
+                dropped.setdefault(decision.summary(), []).append(decision.lod.level)
+        for why, numbers in dropped.items():
+            click.echo(f"           levels {format_levels(numbers)} {why}")
     click.echo(f"total    {total:,} tiles in {len(map_plan.planned)} layer(s); "
                f"{sum(lp.status == 'skipped' for lp in map_plan.layers)} skipped")
 
