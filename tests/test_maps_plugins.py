@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cacheorch import hookimpl
-from cacheorch.maps.hosts import host_of, run_by_host
+from cacheorch.maps.hosts import group_by_host, host_of, run_by_host
 from cacheorch.maps.interfaces import MapReader, MapWriter
 from cacheorch.maps.model import MapDocument, MapLayer
 from _maps import install_stand_in_arcpy
@@ -140,7 +140,11 @@ def test_same_host_runs_one_after_another_hosts_side_by_side() -> None:
             active[host] -= 1
             overall[0] -= 1
     items = [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("a", 3)]
-    run_by_host(items, lambda item: item[0], work)
+    run_by_host(items, lambda item: [item[0]], work)
     assert peak == {"a": 1, "b": 1, "c": 1} and overall[1] == 3
     assert host_of("HTTP://Host:8080/arcgis/rest") == "http://host:8080"
     assert host_of("/data/cache") == "local"
+    # layers sharing any host (a hosted layer's tileServers) are one group
+    layers = [("a", ["h1", "t1"]), ("b", ["h2", "t2"]), ("c", ["h3", "t1"]), ("d", ["h4"])]
+    assert group_by_host(layers, lambda item: item[1]) == [[layers[0], layers[2]], [layers[1]],
+                                                         [layers[3]]]

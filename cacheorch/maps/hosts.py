@@ -12,11 +12,11 @@ bundles with the next layer's first ones (bench/map_hosts.py measures both cases
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["host_of", "run_by_host"]
+__all__ = ["host_of", "service_hosts", "group_by_host", "run_by_host"]
 
 T = TypeVar("T")
 
@@ -29,15 +29,44 @@ def host_of(location: str | None) -> str:
     return f"{parts.scheme.lower()}://{(parts.netloc or '').lower()}"
 
 
-def run_by_host(items: Sequence[T], host: Callable[[T], str], work: Callable[[T], None]) -> None:
-    """Call ``work(item)`` for every item: in order within a host, hosts in parallel threads.
+def service_hosts(location: str, tile_servers: Sequence[str] = ()) -> list[str]:
+    """Every host a layer's requests go to: its service's, and its ``tileServers``'."""
+    return [host_of(location)] + [host_of(url) for url in tile_servers]
+
+
+def group_by_host(items: Sequence[T], hosts: Callable[[T], Iterable[str]]) -> list[list[T]]:
+    """``items`` in groups that share no host, each in the items' order.
+
+    An item may reach several hosts (a hosted tile layer's ``tileServers``); two items that
+    share any host are in one group, so no host ever serves two groups at once.
+    """
+    parent: dict[str, str] = {}
+
+    def root(host: str) -> str:
+        while parent.setdefault(host, host) != host:
+            host = parent[host] = parent[parent[host]]
+        return host
+    keys = []
+    for item in items:
+        mine = [root(h) for h in hosts(item)] or ["local"]
+        for other in mine[1:]:
+            parent[root(other)] = root(mine[0])
+        keys.append(mine[0])
+    groups: dict[str, list[T]] = {}
+    for item, key in zip(items, keys):
+        groups.setdefault(root(key), []).append(item)
+    return list(groups.values())
+
+
+def run_by_host(items: Sequence[T], hosts: Callable[[T], Iterable[str]],
+                work: Callable[[T], None]) -> None:
+    """Call ``work(item)`` for every item: in order within a host group, groups in parallel
+    threads (:func:`group_by_host`).
 
     ``work`` should handle its own errors (a failed layer must not stop the others); an
-    exception that escapes it is re-raised here once every host has finished.
+    exception that escapes it is re-raised here once every group has finished.
     """
-    groups: dict[str, list[T]] = {}
-    for item in items:
-        groups.setdefault(host(item), []).append(item)
+    groups = group_by_host(items, hosts)
     if len(groups) <= 1:
         for item in items:
             work(item)
@@ -52,7 +81,7 @@ def run_by_host(items: Sequence[T], host: Callable[[T], str], work: Callable[[T]
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(group,), name=f"map-host-{i}", daemon=True)
-               for i, group in enumerate(groups.values())]
+               for i, group in enumerate(groups)]
     for thread in threads:
         thread.start()
     for thread in threads:

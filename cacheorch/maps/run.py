@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cacheorch.catalog.maps import attach_job, create_map, finish_map
 from cacheorch.errors import CacheorchError, OutputExistsError
-from cacheorch.maps.hosts import host_of, run_by_host
+from cacheorch.maps.hosts import run_by_host, service_hosts
 from cacheorch.maps.manifest import MANIFEST, manifest_layer, write_manifest
 from cacheorch.maps.plan import LayerPlan, MapPlan
 from cacheorch.maps.registry import map_writers
@@ -105,7 +105,8 @@ def run_layer_jobs(plugins: Plugins, catalog: Catalog, connection: Connection,
         finally:
             own.close()
 
-    run_by_host(work, lambda item: host_of(item[1].service.location), one)
+    run_by_host(work, lambda item: service_hosts(item[1].service.location,
+                                                 item[1].service.tile_servers or ()), one)
     return runs
 
 
