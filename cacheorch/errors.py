@@ -5,7 +5,7 @@ __all__ = [
     "CacheorchError", "UsageError", "ConfigError", "PluginError", "UnknownPluginError",
     "PluginConflictError", "ServiceError", "NotCachedError", "AuthError", "SchemeError",
     "LevelError", "PolicyError", "AreaError", "CatalogError", "CatalogTooNewError",
-    "ExportError", "OutputExistsError", "FormatError", "JobFailedError",
+    "ExportError", "OutputExistsError", "FormatError", "JobFailedError", "MapError",
 ]
 
 
@@ -97,3 +97,7 @@ class JobFailedError(CacheorchError):
     """The job ended failed or partial; the catalog records which tiles."""
 
     exit_code = 1
+
+
+class MapError(CacheorchError):
+    """A map (web map, portal item, .mapx, QGIS project...) cannot be read or has nothing to export."""

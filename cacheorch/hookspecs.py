@@ -18,13 +18,15 @@ if TYPE_CHECKING:
 
     from cacheorch.events import Event
     from cacheorch.interfaces import AOIGenerator, Exporter, ScaleSource, SelectionPolicy, TileSource
+    from cacheorch.maps.interfaces import MapReader, MapWriter
 
 __all__ = [
     "hookspec", "hookimpl",
     "cacheorch_register_scale_sources", "cacheorch_register_tile_sources",
     "cacheorch_register_policies", "cacheorch_register_aoi_generators",
     "cacheorch_register_exporters", "cacheorch_track_event", "cacheorch_catalog_connect",
-    "cacheorch_register_commands",
+    "cacheorch_register_commands", "cacheorch_register_map_readers",
+    "cacheorch_register_map_writers",
 ]
 
 #: Marker for hook specifications (used only here).
@@ -87,6 +89,30 @@ def cacheorch_register_exporters() -> Sequence[type[Exporter]]:
     Called once when the plugin manager is built; ``--exporter NAME`` picks one.
 
     :return: a sequence of Exporter subclasses.
+    """
+
+
+@hookspec
+def cacheorch_register_map_readers() -> Sequence[type[MapReader]]:
+    """Return :class:`~cacheorch.maps.interfaces.MapReader` classes.
+
+    Called when a command first needs a map (``plan`` / ``run --map MAP``). The first reader
+    whose ``accepts(MAP)`` is true reads it into a :class:`~cacheorch.maps.model.MapDocument`;
+    a reader whose ``available()`` is false (arcpy missing) is named in the error instead.
+
+    :return: a sequence of MapReader subclasses.
+    """
+
+
+@hookspec
+def cacheorch_register_map_writers() -> Sequence[type[MapWriter]]:
+    """Return :class:`~cacheorch.maps.interfaces.MapWriter` classes.
+
+    Called after ``run --map`` exported the map's layers: each writer whose
+    ``accepts(document)`` is true writes an offline copy of the map into the output folder
+    (the built-in one: ``<project>-offline.qgs`` for a QGIS project).
+
+    :return: a sequence of MapWriter subclasses.
     """
 
 

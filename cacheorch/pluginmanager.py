@@ -60,6 +60,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "cacheorch.plugins.export_arcpy",
     "cacheorch.plugins.export_vtpk",
     "cacheorch.plugins.vector_package",
+    "cacheorch.plugins.maps_readers",
+    "cacheorch.plugins.maps_writers",
 )
 
 #: hook name → (registry kind label, base class)
@@ -133,9 +135,11 @@ class Plugins:
     exporters: Registry[Exporter] = field(default_factory=lambda: Registry("exporter"))
 
     def registries(self) -> dict[str, Registry[Any]]:
+        from cacheorch.maps.registry import map_readers, map_writers  # collected on first use
         return {"scale_sources": self.scale_sources, "tile_sources": self.tile_sources,
                 "policies": self.policies, "aoi_generators": self.aoi_generators,
-                "exporters": self.exporters}
+                "exporters": self.exporters, "map_readers": map_readers(self),
+                "map_writers": map_writers(self)}
 
     def plugin_label(self, plugin: object) -> str:
         return self.pm.get_name(plugin) or repr(plugin)

@@ -46,12 +46,14 @@ from cacheorch.interfaces import (
     AOIGenerator, Exporter, ExportRequest, ExportSession, Plugin, PolicyContext, ScaleSource,
     SelectionPolicy, Service, TileFetcher, TileSource, staging_path,
 )
+from cacheorch.maps.interfaces import MapReader, MapWriter
 from cacheorch.tiling import LevelOfDetail, TileKey, TilingScheme, web_mercator_scheme
 
 __all__ = [
     "PluginContract", "ScaleSourceContract", "PolicyContract", "AreaContract",
     "TileSourceContract", "ExporterContract", "DelegatedExporterContract", "StaticPolicyContext", "solid_tile", "colour_of",
-    "read_tiles_gdal", "read_tiles_cache", "web_mercator_service",
+    "read_tiles_gdal", "read_tiles_cache", "web_mercator_service", "MapReaderContract",
+    "MapWriterContract",
 ]
 
 #: A name users type on the command line: lowercase letters, digits and inner dashes.
@@ -774,3 +776,88 @@ class DelegatedExporterContract(PluginContract):
             with pytest.raises(Exception) as err:
                 self.build(bad)
             _assert_clean_error(err, f"{self.plugin.name} with {dict(bad)}")
+
+
+# -- maps ------------------------------------------------------------------------------------------
+
+class _MapKindContract(PluginContract):
+    """Registration of the map kinds, whose registries live in :mod:`cacheorch.maps.registry`."""
+
+    def test_name_is_unique_in_the_registry(self) -> None:
+        from cacheorch.maps import registry as maps_registry
+        from cacheorch.pluginmanager import make_plugins
+        plugins = make_plugins(load_entrypoints=True, extra=[_Provider(self.kind_hook, self.plugin)])
+        registry = getattr(maps_registry, self.kind_registry)(plugins)
+        assert registry.get(self.plugin.name) is self.plugin
+
+
+class MapReaderContract(_MapKindContract):
+    """A map reader reads a location into a :class:`~cacheorch.maps.model.MapDocument`.
+
+    Override the fixture ``location`` (a file written in ``tmp_path``, or a loopback URL). Set
+    ``bad_locations`` to inputs that must fail with one clear line.
+    """
+
+    kind_base = MapReader
+    kind_hook = "cacheorch_register_map_readers"
+    kind_registry = "map_readers"
+    #: Locations ``read`` must refuse with a one-line CacheorchError.
+    bad_locations: ClassVar[Sequence[str]] = ()
+
+    @pytest.fixture
+    def location(self) -> str:
+        raise NotImplementedError("override the `location` fixture with a map this reader reads")
+
+    def test_accepts_its_location(self, location: str) -> None:
+        assert self.plugin.accepts(location)
+
+    def test_accepts_answers_garbage_with_false(self) -> None:
+        for garbage in ("", "not a map", "https://example.invalid/arcgis/rest/services"):
+            assert self.plugin.accepts(garbage) is False
+
+    def test_read_gives_layers_in_the_shared_vocabulary(self, location: str,
+                                                        connection: Connection) -> None:
+        from cacheorch.maps.model import KINDS, ROLES, MapDocument
+        document = self.build().read(location, connection)
+        assert isinstance(document, MapDocument) and document.title and document.layers
+        for layer in document.layers:
+            assert layer.title and layer.role in ROLES and layer.kind in KINDS, layer
+            assert 0.0 <= layer.opacity <= 1.0 and isinstance(layer.visibility, bool), layer
+            assert isinstance(layer.ref, dict), layer
+
+    def test_bad_locations_raise_one_clean_line(self, connection: Connection) -> None:
+        for bad in self.bad_locations:
+            with pytest.raises(Exception) as excinfo:
+                self.build().read(bad, connection)
+            _assert_clean_error(excinfo, f"read({bad!r})")
+
+
+class MapWriterContract(_MapKindContract):
+    """A map writer writes an offline copy of a map into a folder.
+
+    Override the fixtures ``document`` (a MapDocument it accepts) and ``outputs`` (layer index →
+    an exported file, written in ``tmp_path``).
+    """
+
+    kind_base = MapWriter
+    kind_hook = "cacheorch_register_map_writers"
+    kind_registry = "map_writers"
+
+    @pytest.fixture
+    def document(self) -> Any:
+        raise NotImplementedError("override the `document` fixture with a map this writer copies")
+
+    @pytest.fixture
+    def outputs(self) -> Mapping[int, Path]:
+        raise NotImplementedError("override the `outputs` fixture")
+
+    def test_accepts_its_document(self, document: Any) -> None:
+        assert self.plugin.accepts(document)
+
+    def test_writes_one_file_into_the_folder(self, document: Any, outputs: Mapping[int, Path],
+                                             tmp_path: Path) -> None:
+        folder = tmp_path / "offline-copy"
+        folder.mkdir()
+        written = self.build().write(document, outputs, folder)
+        assert written.parent == folder and written.is_file()
+        assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]

@@ -10,6 +10,7 @@ import importlib
 import json
 import sqlite3
 import sys
+import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from _tileserver import TileServer
 from cacheorch.interfaces import Service
 from cacheorch.pluginmanager import DEFAULT_PLUGINS, make_plugins
 from cacheorch.testing import (
+    MapReaderContract, MapWriterContract,
     AreaContract, DelegatedExporterContract, ExporterContract, PolicyContract, ScaleSourceContract, TileSourceContract,
     colour_of, solid_tile, web_mercator_service,
 )
@@ -657,3 +659,105 @@ class TestVtpkExporter(ExporterContract):
             return {key: package.tile(*key) for key in keys}
         finally:
             package.close()
+# -- map readers and writers (cacheorch/maps) ------------------------------------------------------
+
+MAP_URL = "http://127.0.0.1:9/arcgis/rest/services/Topo/MapServer"
+WEBMAP = {"operationalLayers": [{"id": "a", "layerType": "ArcGISTiledMapServiceLayer",
+                                 "url": MAP_URL, "title": "Topo"}],
+          "baseMap": {"baseMapLayers": []}}
+
+
+class TestWebMapFileReader(MapReaderContract):
+    plugin = _Lazy("maps_readers", "WebMapFileReader")
+    bad_locations = ("/nonexistent/map.json",)
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> str:
+        path = tmp_path / "m.json"
+        path.write_text(json.dumps(WEBMAP))
+        return str(path)
+
+
+class TestMapxReader(MapReaderContract):
+    plugin = _Lazy("maps_readers", "MapxReader")
+    bad_locations = ("/nonexistent/map.mapx",)
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> str:
+        from test_maps import mapx
+        fake = types.SimpleNamespace(url=lambda name: MAP_URL)
+        path = tmp_path / "m.mapx"
+        path.write_text(json.dumps(mapx(fake)))
+        return str(path)
+
+
+class TestQgisProjectReader(MapReaderContract):
+    plugin = _Lazy("maps_readers", "QgisProjectReader")
+    bad_locations = ("/nonexistent/p.qgs", "/nonexistent/p.qgz")
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> str:
+        from test_maps import qgs_text
+        fake = types.SimpleNamespace(url=lambda name: MAP_URL)
+        path = tmp_path / "p.qgs"
+        path.write_text(qgs_text(fake), encoding="utf-8")
+        return str(path)
+
+
+class TestAprxReader(MapReaderContract):
+    plugin = _Lazy("maps_readers", "AprxReader")
+    bad_locations = ("/nonexistent/p.aprx",)
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> str:
+        import zipfile
+
+        from test_maps import mapx
+        doc = mapx(types.SimpleNamespace(url=lambda name: MAP_URL))
+        path = tmp_path / "p.aprx"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("map/map.json", json.dumps(doc["mapDefinition"]))
+            for definition in doc["layerDefinitions"]:
+                z.writestr(definition["uRI"].removeprefix("CIMPATH="), json.dumps(definition))
+        return str(path)
+
+
+class TestArcpyMapReader(MapReaderContract):
+    plugin = _Lazy("maps_readers", "ArcpyMapReader")
+
+    @pytest.fixture
+    def location(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+        from _maps import install_stand_in_arcpy
+        install_stand_in_arcpy(monkeypatch, MAP_URL)
+        return str(tmp_path / "p.mxd")
+
+
+class TestPortalItemReader(MapReaderContract):
+    plugin = _Lazy("maps_readers", "PortalItemReader")
+    bad_locations = ("http://127.0.0.1:9/portal/home/item.html?id=0123456789abcdef0123456789abcdef",)
+
+    @pytest.fixture
+    def location(self):
+        from _maps import Portal
+        item = "0123456789abcdef0123456789abcdef"
+        with Portal({item: ({"type": "Web Map", "title": "T"}, WEBMAP)}) as portal:
+            yield f"{portal.root}/home/item.html?id={item}"
+
+
+class TestQgisOfflineWriter(MapWriterContract):
+    plugin = _Lazy("maps_writers", "QgisOfflineWriter")
+
+    @pytest.fixture
+    def document(self, tmp_path: Path) -> MapDocument:
+        from test_maps import qgs_text
+        fake = types.SimpleNamespace(url=lambda name: MAP_URL)
+        path = tmp_path / "p.qgs"
+        path.write_text(qgs_text(fake), encoding="utf-8")
+        return _builtin("maps_readers", "QgisProjectReader")().read(str(path), None)  # type: ignore[arg-type]
+
+    @pytest.fixture
+    def outputs(self, tmp_path: Path) -> dict[int, Path]:
+        out = tmp_path / "copy" / "Roads.gpkg"
+        out.parent.mkdir(exist_ok=True)
+        out.write_bytes(b"")
+        return {0: out}

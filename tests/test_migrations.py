@@ -29,7 +29,7 @@ EXPECTED_COLUMNS = {
     "services": {"id", "url", "fingerprint", "name", "kind", "scheme", "created"},
     "jobs": {"id", "name", "service_id", "service_url", "exporter", "output", "parameters",
              "status", "created_at", "started_at", "finished_at", "error", "tiles_planned",
-             "tiles_written", "tiles_missing", "tiles_failed", "bytes", "pid"},
+             "tiles_written", "tiles_missing", "tiles_failed", "bytes", "pid", "map_id"},
     "job_levels": {"id", "job_id", "level", "scale", "resolution", "area_name", "tiles_planned",
                    "tiles_written", "tiles_missing", "tiles_failed", "bytes"},
     "job_bundles": {"id", "job_id", "level", "bundle_row", "bundle_col", "state",
@@ -37,6 +37,8 @@ EXPECTED_COLUMNS = {
     "job_tile_errors": {"id", "job_id", "bundle_id", "level", "row", "col", "error"},
     "job_events": {"id", "job_id", "created", "kind", "message"},
     "job_messages": {"id", "job_id", "created", "source", "kind", "message"},
+    "maps": {"id", "title", "source", "format", "output", "parameters", "layers", "status",
+             "created_at", "finished_at"},
 }
 
 

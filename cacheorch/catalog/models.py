@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Base", "Service", "Job", "JobLevel", "JobBundle", "JobTileError", "JobEvent", "JobMessage",
-    "JOB_STATUSES", "BUNDLE_STATES", "UTCDateTime", "utcnow",
+    "MapRecord", "JOB_STATUSES", "BUNDLE_STATES", "UTCDateTime", "utcnow",
 ]
 
 #: Every status a job can have; ``running`` until the runner says how it ended.
@@ -113,6 +113,9 @@ class Job(Base):
     tiles_failed: Mapped[int] = mapped_column(Integer, default=0)
     bytes: Mapped[int] = mapped_column(Integer, default=0)
     pid: Mapped[int | None] = mapped_column(Integer)
+    #: The map (``run --map``) this job exports a layer of; None for an ordinary job.
+    map_id: Mapped[int | None] = mapped_column(ForeignKey("maps.id", ondelete="SET NULL"),
+                                               index=True)
 
 
 class JobLevel(Base):
@@ -199,3 +202,24 @@ class JobMessage(Base):
     source: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
+
+
+class MapRecord(Base):
+    """A map job (``run --map``): the map's layers in order and the jobs that export them.
+
+    ``layers`` is the manifest's list (title, role, url, status, reason, job_id...); each
+    exported layer's totals live in its job (``jobs.map_id``).
+    """
+
+    __tablename__ = "maps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(32))
+    output: Mapped[str] = mapped_column(Text)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    layers: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

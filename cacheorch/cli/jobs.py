@@ -26,6 +26,10 @@ def job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.argument("job", required=False),
         click.option("--service", help="MapServer / ImageServer URL, or a [service:NAME] name."),
+        click.option("--map", "map_location", metavar="MAP",
+                     help="Instead of --service: every tiled layer of a map (web map JSON, portal "
+                          "item URL, .mapx, .qgs/.qgz, .aprx/.mxd with arcpy); --output is a "
+                          "folder."),
         click.option("--source", help="Scale source to read the service with (default: detected)."),
         click.option("--token", help="ArcGIS token (default: $ARCGIS_TOKEN). Never stored."),
         click.option("--referer", help="Referer header (for tokens issued with client=referer)."),
@@ -124,6 +128,10 @@ def _service_warnings(plan: JobPlan) -> list[str]:
 def plan_command(app: App, as_json: bool, token: str | None, html_path: str | None = None,
                  **kw: Any) -> None:
     """Show what a job would export: levels, scales, areas and tile counts (fetches no tiles)."""
+    from cacheorch.cli import maps
+    location = maps.map_location(app, kw)
+    if location:
+        return maps.plan_map_command(app, location, kw | {"html": html_path}, token, as_json)
     spec, connection = _spec_and_connection(app, kw | {"token": token})
     from cacheorch.interfaces import DelegatedExporter
     server_estimate = basemap = None
@@ -271,6 +279,10 @@ def _job_json(job: dict[str, Any], message: str = "") -> dict[str, Any]:
 @click.pass_obj
 def run_command(app: App, as_json: bool, token: str | None, **kw: Any) -> None:
     """Export: fetch the planned tiles and write the output, recording the job in the catalog."""
+    from cacheorch.cli import maps
+    location = maps.map_location(app, kw)
+    if location:
+        return maps.run_map_command(app, location, kw, token, as_json)
     spec, connection = _spec_and_connection(app, kw | {"token": token})
     plan = make_plan(app.plugins, spec, connection)
     _execute(app, plan, connection, as_json)
@@ -290,7 +302,7 @@ def _pinned(spec: JobSpec, job: dict[str, Any]) -> JobSpec:
 
 
 @click.command("resume")
-@click.argument("job_id", type=int)
+@click.argument("job_id")
 @click.option("--token", help="ArcGIS token (default: $ARCGIS_TOKEN); tokens are never stored.")
 @click.option("--failed", "retry_failed", is_flag=True,
               help="Refetch only the tiles recorded as failed, keeping the other tiles of their "
@@ -298,9 +310,16 @@ def _pinned(spec: JobSpec, job: dict[str, Any]) -> JobSpec:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @network_options
 @click.pass_obj
-def resume_command(app: App, job_id: int, token: str | None, as_json: bool,
+def resume_command(app: App, job_id: str, token: str | None, as_json: bool,
                    retry_failed: bool = False) -> None:
-    """Finish an interrupted or partial job, without fetching again the bundles already done."""
+    """Finish an interrupted or partial job, without fetching again the bundles already done.
+
+    JOB_ID may be a map job (``m3``): its layer jobs that did not complete are resumed."""
+    from cacheorch.cli import maps
+    map_id = maps.parse_map_id(job_id)
+    if map_id is not None:
+        return maps.resume_map_command(app, map_id, token, as_json)
+    job_id = _job_number(job_id)
     from cacheorch.runner import check_resumable
     with app.open_catalog() as catalog:
         job = catalog.get_job(job_id)
@@ -340,6 +359,9 @@ def jobs_command(app: App, as_json: bool) -> None:
     from cacheorch.runner import live_job
     with app.open_catalog(read_only=True) as catalog:
         jobs = [live_job(catalog, job) for job in catalog.list_jobs()]
+    from cacheorch.cli.maps import echo_map_jobs
+    if echo_map_jobs(app, jobs, as_json):
+        return
     if as_json:
         _emit_json({"jobs": jobs})
         return
@@ -358,12 +380,17 @@ def jobs_command(app: App, as_json: bool) -> None:
 
 
 @click.command("job")
-@click.argument("job_id", type=int)
+@click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_obj
-def job_command(app: App, job_id: int, as_json: bool) -> None:
+def job_command(app: App, job_id: str, as_json: bool) -> None:
     """Show one job: its extracted scales (levels), their tile counts, failed tiles, and the
-    messages of the server, arcpy or the exporter."""
+    messages of the server, arcpy or the exporter (a map job ``m3``: its layers)."""
+    from cacheorch.cli import maps
+    map_id = maps.parse_map_id(job_id)
+    if map_id is not None:
+        return maps.echo_map(app, map_id, as_json)
+    job_id = _job_number(job_id)
     from cacheorch.runner import live_job
     with app.open_catalog(read_only=True) as catalog:
         job = live_job(catalog, catalog.get_job(job_id))
@@ -385,6 +412,15 @@ def job_command(app: App, job_id: int, as_json: bool) -> None:
         click.echo(f"{message['source']:<9}{message['kind']}: {message['message']}")
     for line in data["errors"][:20]:
         click.echo(f"error  {line}")
+
+
+def _job_number(value: str) -> int:
+    """A job id typed on the command line (``12``), or a usage error."""
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a job id (a number, or m3 for a map job)",
+                                 param_hint="JOB_ID") from None
 
 
 COMMANDS = [plan_command, run_command, resume_command, jobs_command, job_command]

@@ -25,6 +25,10 @@ def verify_command(app: App, output: str, job_id: int | None, as_json: bool) -> 
     """
     from cacheorch.verify import DefectsFound, compare_with_job, verify_output
 
+    from cacheorch.cli.maps import verify_map_folder
+    if job_id is None and verify_map_folder(app, output, as_json):  # a map folder: every output
+        return
+
     job = None
     if job_id is not None:  # a wrong job id is bad input: say so before reading a large output
         with app.open_catalog() as catalog:

@@ -1,0 +1,33 @@
+"""Built-in map writer: the offline copy of a QGIS project (``<project>-offline.qgs`` / ``.qgz``)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from cacheorch.hookspecs import hookimpl
+from cacheorch.maps.interfaces import MapWriter
+from cacheorch.maps.model import MapDocument
+from cacheorch.maps.offline_qgis import local_datasource, write_offline_project
+
+__all__ = ["QgisOfflineWriter", "cacheorch_register_map_writers"]
+
+
+class QgisOfflineWriter(MapWriter):
+    """The QGIS project with each exported layer's datasource replaced by its local file."""
+
+    name = "qgis-offline"
+
+    @classmethod
+    def accepts(cls, document: MapDocument) -> bool:
+        return document.format == "qgis" and document.path is not None
+
+    def write(self, document: MapDocument, outputs: Mapping[int, Path], folder: Path) -> Path:
+        assert document.path is not None
+        sources = {document.layers[i].ref["id"]: local_datasource(path, folder)
+                   for i, path in outputs.items() if document.layers[i].ref.get("id")}
+        return write_offline_project(Path(document.path), sources, folder)
+
+
+@hookimpl
+def cacheorch_register_map_writers() -> list[type[MapWriter]]:
+    return [QgisOfflineWriter]
