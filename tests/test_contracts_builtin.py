@@ -18,6 +18,7 @@ import pytest
 from _tileserver import TileServer
 
 from cacheorch.interfaces import Service
+from cacheorch.maps.model import MapDocument
 from cacheorch.pluginmanager import DEFAULT_PLUGINS, make_plugins
 from cacheorch.testing import (
     MapReaderContract, MapWriterContract,

@@ -114,7 +114,7 @@ def test_a_running_job_whose_pid_was_reused_later_is_interrupted(tmp_path: Path,
     path = tmp_path / "catalog.sqlite"
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        job_id = _catalog_with_running_job(path, other.pid, socket.gethostname())
+        _catalog_with_running_job(path, other.pid, socket.gethostname())
         jobs = json.loads(cli("jobs", "--json").stdout)["jobs"]
         assert jobs[0]["status"] == "running", jobs  # its process is alive
         with sqlite3.connect(path) as raw:  # the job started an hour before that process

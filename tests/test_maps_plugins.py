@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from cacheorch import hookimpl
 from cacheorch.maps.hosts import group_by_host, host_of, run_by_host

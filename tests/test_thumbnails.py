@@ -1,7 +1,6 @@
 """The tpkx/tpk thumbnail is a picture of the package's own tiles, not a plain colour."""
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sqlite3
 import statistics
 import time
 import zipfile

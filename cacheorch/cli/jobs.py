@@ -320,17 +320,24 @@ def resume_command(app: App, job_id: str, token: str | None, as_json: bool,
     if map_id is not None:
         return maps.resume_map_command(app, map_id, token, as_json)
     job_id = _job_number(job_id)
+    job, params = resumable_job(app, job_id)
+    spec = resume_spec(job, params)
+    connection = Connection.from_env(token=token, referer=spec.referer,
+                                     network=network_settings(app), **spec.connection_options())
+    plan = resume_plan(app, job, params, spec, connection)
+    _execute(app, plan, connection, as_json, job_id=job_id, retry_failed=retry_failed)
+
+
+def resumable_job(app: App, job_id: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The recorded job and its parameters, refused (one line) when it cannot be resumed: it
+    completed, or its process still runs (also used by the workbench)."""
     from cacheorch.runner import check_resumable
     with app.open_catalog() as catalog:
         job = catalog.get_job(job_id)
         params = catalog.job_parameters(job_id)
         events = catalog.events(job_id)
     check_resumable(job, events)
-    spec = resume_spec(job, params)
-    connection = Connection.from_env(token=token, referer=spec.referer,
-                                     network=network_settings(app), **spec.connection_options())
-    plan = resume_plan(app, job, params, spec, connection)
-    _execute(app, plan, connection, as_json, job_id=job_id, retry_failed=retry_failed)
+    return job, params
 
 
 def resume_spec(job: dict[str, Any], params: dict[str, Any]) -> JobSpec:

@@ -15,7 +15,7 @@ from cacheorch.catalog.maps import attach_job, create_map, finish_map
 from cacheorch.errors import CacheorchError, OutputExistsError
 from cacheorch.maps.hosts import run_by_host, service_hosts
 from cacheorch.maps.manifest import MANIFEST, manifest_layer, write_manifest
-from cacheorch.maps.plan import LayerPlan, MapPlan
+from cacheorch.maps.plan import MapPlan
 from cacheorch.maps.registry import map_writers
 
 if TYPE_CHECKING:

@@ -372,14 +372,9 @@ class TokenGate:
 def _resume(wb: Workbench, job_id: int, retry_failed: bool) -> dict[str, Any]:
     """``cacheorch resume`` from the page: the job's recorded parameters, its pinned levels, and
     the credentials of an opened source at the same location (else the environment's)."""
-    from cacheorch.cli.jobs import resume_plan, resume_spec
-    from cacheorch.runner import check_resumable
+    from cacheorch.cli.jobs import resumable_job, resume_plan, resume_spec
     app = wb.app
-    with app.open_catalog() as catalog:
-        job = catalog.get_job(job_id)
-        params = catalog.job_parameters(job_id)
-        events = catalog.events(job_id)
-    check_resumable(job, events)
+    job, params = resumable_job(app, job_id)
     spec = resume_spec(job, params)
     opened = next((s for s in wb.sources.values() if s.location == spec.service), None)
     credentials = opened.credentials if opened else Credentials(referer=spec.referer,
