@@ -20,7 +20,7 @@ from cacheorch.errors import (
 )
 from cacheorch.jobplan import JobPlan, make_plan
 from cacheorch.jobspec import DEFAULT_EXPORTER, JobSpec, job_spec_from
-from cacheorch.maps.classify import service_skip_reason, skip_reason
+from cacheorch.maps.classify import layer_exporter, layer_service, service_skip_reason, skip_reason
 from cacheorch.maps.model import MapDocument, MapLayer
 from cacheorch.options import split_plugin_spec
 
@@ -154,10 +154,10 @@ def plan_map(plugins: Plugins, config: Config, job_name: str | None, flags: dict
             plans.append(LayerPlan(i, layer, "skipped", reason=reasons[i]))
             continue
         own = overrides.get(layer.title, {})
-        exporter = own.get("exporter") or default_exporter
+        exporter = own.get("exporter") or layer_exporter(layer, default_exporter)
         extension = plugins.exporters.get(split_plugin_spec(exporter)[0]).extension or ""
         output = folder / (names[i] + extension)
-        layer_flags = dict(flags) | {"service": layer.url, "exporter": exporter,
+        layer_flags = dict(flags) | {"service": layer_service(layer), "exporter": exporter,
                                      "output": str(output)}
         for key in ("levels", "scales"):  # the layer's own value replaces the map's
             if key in own:
