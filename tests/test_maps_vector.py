@@ -13,7 +13,7 @@ import pytest
 from _maps import LEVELS, MapServices, gdal_tiles_differ
 from _vectorserver import DEFAULT_TILES, VectorTileServer
 from test_maps import _qgis_opens, qgs_text
-from test_vector import gdal_features, vtpk_tiles
+from test_vector import CANADA_TILE_INFO, gdal_features, vtpk_tiles
 
 #: The vector tiles of levels 0-2 (the map's --levels): 1 + 4 + 8.
 SERVED = {key for key in DEFAULT_TILES if key[0] in LEVELS}
@@ -110,6 +110,21 @@ def test_a_map_for_qgis_gets_vector_mbtiles(cli, services, tmp_path) -> None:
     db.close()
     _check_vector_tiles({(z, (1 << z) - 1 - tms, col): data for z, col, tms, data in rows},
                         services.vector)
+
+
+def test_a_grid_mbtiles_cannot_hold_goes_to_vtpk(cli, services, tmp_path) -> None:
+    """A map for QGIS (gpkg) whose vector layer is not on the Web Mercator grid: its layer gets
+    vtpk at plan time rather than an MBTiles job that would fail when it starts."""
+    with VectorTileServer(tile_info=CANADA_TILE_INFO) as canada:
+        path = _map_file(tmp_path, {"operationalLayers": [
+            {"id": "C", "layerType": "VectorTileLayer", "url": canada.url, "title": "Canada"}]})
+        res = cli("run", "--map", str(path), "--levels", "0-1", "--exporter", "gpkg", "-o", "c",
+                  "--json")
+    assert res.code == 0, res.stderr
+    layer = json.loads(res.stdout)["layers"][0]
+    assert layer["exporter"] == "vtpk" and layer["output"].endswith("Canada.vtpk")
+    tiles = vtpk_tiles(tmp_path / "c" / "Canada.vtpk")
+    assert tiles and all(gzip.decompress(d) == canada.served(k) for k, d in tiles.items())
 
 
 def test_scales_pick_each_layers_own_level(cli, services, tmp_path) -> None:

@@ -6,13 +6,18 @@ vector layer cannot go to the raster exporter the rest of the map uses.
 """
 from __future__ import annotations
 
-from cacheorch.errors import AuthError, CacheorchError, NotCachedError
+from typing import TYPE_CHECKING
+
+from cacheorch.errors import AuthError, CacheorchError, ExportError, NotCachedError
 from cacheorch.maps.model import MapLayer
 from cacheorch.options import split_plugin_spec
 from cacheorch.vector.service import vector_tile_service_url
 
+if TYPE_CHECKING:
+    from cacheorch.jobplan import JobPlan
+
 __all__ = ["EXPORTED_KINDS", "skip_reason", "service_skip_reason", "layer_service",
-           "layer_exporter", "VECTOR_EXPORTER", "VECTOR_EXPORTER_FOR"]
+           "layer_exporter", "mbtiles_cannot_hold", "VECTOR_EXPORTER", "VECTOR_EXPORTER_FOR"]
 
 #: Kinds whose layers are exported (when their service turns out to be cached).
 EXPORTED_KINDS = frozenset({"tiled-map", "tiled-image", "map-service", "vector-tile"})
@@ -80,3 +85,17 @@ def layer_exporter(layer: MapLayer, map_exporter: str) -> str:
     if layer.kind != "vector-tile":
         return map_exporter
     return VECTOR_EXPORTER_FOR.get(split_plugin_spec(map_exporter)[0], VECTOR_EXPORTER)
+
+
+def mbtiles_cannot_hold(layer: MapLayer, plan: JobPlan) -> bool:
+    """Whether ``plan`` writes a vector tile layer to MBTiles, whose only grid is the 512-px
+    Web Mercator one, though the layer's levels are on another grid: the map then gives the
+    layer ``vtpk`` (which keeps any grid) instead of a job that would fail when it starts."""
+    if layer.kind != "vector-tile" or plan.spec.exporter.name != "mbtiles":
+        return False
+    from cacheorch.vector.mbtiles import check_vector_scheme
+    try:
+        check_vector_scheme(plan.service.scheme, [lv.lod for lv in plan.levels])
+    except ExportError:
+        return True
+    return False

@@ -2,8 +2,8 @@
 
 The layer tree (``<layer-tree-group>``) gives the order (its first child is drawn on top) and the
 visibility (``checked``); each ``<maplayer>`` gives the provider and datasource (spec/maps.md §3).
-Tiled ArcGIS inputs are ``arcgismapserver`` layers and ``wms`` XYZ layers whose template is a
-cache's ``/tile/{z}/{y}/{x}``.
+Tiled ArcGIS inputs are ``arcgismapserver`` layers, ``wms`` XYZ layers whose template is a
+cache's ``/tile/{z}/{y}/{x}``, and vector tile layers of an ArcGIS VectorTileServer.
 """
 from __future__ import annotations
 
