@@ -64,6 +64,14 @@ def _check_vector_tiles(tiles: dict[tuple[int, int, int], bytes], server: Vector
         assert decoded["places"]["features"][0]["properties"]["tile"] == name, key
 
 
+def mbtiles_tiles(path: Path) -> dict[tuple[int, int, int], bytes]:
+    """Every tile of an MBTiles by (level, row, col): its TMS rows turned to Esri's."""
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT zoom_level, tile_column, tile_row, tile_data FROM tiles").fetchall()
+    db.close()
+    return {(z, (1 << z) - 1 - tms, col): data for z, col, tms, data in rows}
+
+
 def test_web_map_vector_tile_layer_goes_to_vtpk(cli, services, tmp_path) -> None:
     path = _map_file(tmp_path, webmap(services))
     res = cli("run", "--map", str(path), "--levels", "0-2", "-o", "out", "--json")
@@ -105,11 +113,7 @@ def test_a_map_for_qgis_gets_vector_mbtiles(cli, services, tmp_path) -> None:
         "layers"]}
     assert entries["Streets (vector)"]["exporter"] == "mbtiles"
     assert gdal_tiles_differ(tmp_path / "q" / "Topo.gpkg", services.tiles["Topo"]) == []
-    db = sqlite3.connect(tmp_path / "q" / "Streets_vector.mbtiles")
-    rows = db.execute("SELECT zoom_level, tile_column, tile_row, tile_data FROM tiles").fetchall()
-    db.close()
-    _check_vector_tiles({(z, (1 << z) - 1 - tms, col): data for z, col, tms, data in rows},
-                        services.vector)
+    _check_vector_tiles(mbtiles_tiles(tmp_path / "q" / "Streets_vector.mbtiles"), services.vector)
 
 
 def test_a_grid_mbtiles_cannot_hold_goes_to_vtpk(cli, services, tmp_path) -> None:
@@ -195,3 +199,22 @@ def test_qgis_vector_tile_layer_reads_local_vector_mbtiles(cli, services, tmp_pa
     assert services.vector.url not in edited.split("<projectlayers>")[1]
     _qgis_opens(copy, {"Streets VT", "Roads", "Topo XYZ", "OpenStreetMap"},
                 {"Streets VT": "vectortile", "Roads": "gdal", "Topo XYZ": "gdal"})
+
+
+def test_a_vector_layer_down_when_planned_is_started_by_resume(cli, services, tmp_path) -> None:
+    path = _map_file(tmp_path, webmap(services))
+    served, services.vector.service = services.vector.service, None  # answers `null`
+    res = cli("run", "--map", str(path), "--levels", "0-2", "--exporter", "mbtiles", "-o", "out",
+              "--json")
+    assert res.code == 1, res.stderr
+    layers = {lyr["title"]: lyr for lyr in json.loads(res.stdout)["layers"]}
+    assert layers["Streets (vector)"]["status"] == "failed"
+    assert layers["Topo"]["status"] == "completed"
+    services.vector.service = served  # the server is back
+    res = cli("resume", "m1", "--json")
+    assert res.code == 0, res.stderr
+    layers = {lyr["title"]: lyr for lyr in json.loads(res.stdout)["layers"]}
+    assert layers["Streets (vector)"]["status"] == "completed"
+    assert layers["Streets (vector)"]["exporter"] == "mbtiles"
+    _check_vector_tiles(mbtiles_tiles(tmp_path / "out" / "Streets_vector.mbtiles"),
+                        services.vector)
