@@ -7,13 +7,16 @@ from pathlib import Path
 from cacheorch.hookspecs import hookimpl
 from cacheorch.maps.interfaces import MapWriter
 from cacheorch.maps.model import MapDocument
-from cacheorch.maps.offline_qgis import local_datasource, write_offline_project
+from cacheorch.maps.offline_qgis import (
+    VECTOR_TILE_PROVIDER, local_datasource, vector_tile_datasource, write_offline_project,
+)
 
 __all__ = ["QgisOfflineWriter", "cacheorch_register_map_writers"]
 
 
 class QgisOfflineWriter(MapWriter):
-    """The QGIS project with each exported layer's datasource replaced by its local file."""
+    """The QGIS project with each exported layer's datasource replaced by its local file (a
+    vector tile layer's by its vector MBTiles, read by QGIS's vector tile provider)."""
 
     name = "qgis-offline"
 
@@ -23,9 +26,17 @@ class QgisOfflineWriter(MapWriter):
 
     def write(self, document: MapDocument, outputs: Mapping[int, Path], folder: Path) -> Path:
         assert document.path is not None
-        sources = {document.layers[i].ref["id"]: local_datasource(path, folder)
-                   for i, path in outputs.items() if document.layers[i].ref.get("id")}
-        return write_offline_project(Path(document.path), sources, folder)
+        sources, providers = {}, {}
+        for i, path in outputs.items():
+            layer_id = document.layers[i].ref.get("id")
+            if not layer_id:
+                continue
+            if document.layers[i].kind == "vector-tile":
+                sources[layer_id] = vector_tile_datasource(path, folder)
+                providers[layer_id] = VECTOR_TILE_PROVIDER
+            else:
+                sources[layer_id] = local_datasource(path, folder)
+        return write_offline_project(Path(document.path), sources, folder, providers)
 
 
 @hookimpl

@@ -358,15 +358,18 @@ def test_a_vtpk_is_a_source_converted_offline_to_mbtiles_and_subset(cli, server,
     assert cli("verify", str(sub)).code == 0
 
 
+_RES0_3978 = 135373.49015576235
+#: A 512-px EPSG:3978 vector grid, as in QGIS's ESRI fixture (spec §1.2).
+CANADA_TILE_INFO = {"rows": 512, "cols": 512, "dpi": 96, "format": "pbf",
+                    "origin": {"x": -34655613.4787, "y": 38474944.6448},
+                    "spatialReference": {"wkid": 3978, "latestWkid": 3978},
+                    "lods": [{"level": z, "resolution": _RES0_3978 / 2 ** z,
+                              "scale": _RES0_3978 / 2 ** z * 96 * 39.37} for z in range(0, 15)]}
+
+
 def test_a_non_web_mercator_layer_goes_to_vtpk_and_is_refused_by_mbtiles(cli, tmp_path):
     """EPSG:3978 as in QGIS's ESRI fixture (spec §1.2): vtpk keeps any grid, MBTiles cannot."""
-    res0 = 135373.49015576235
-    tile_info = {"rows": 512, "cols": 512, "dpi": 96, "format": "pbf",
-                 "origin": {"x": -34655613.4787, "y": 38474944.6448},
-                 "spatialReference": {"wkid": 3978, "latestWkid": 3978},
-                 "lods": [{"level": z, "resolution": res0 / 2 ** z,
-                           "scale": res0 / 2 ** z * 96 * 39.37} for z in range(0, 15)]}
-    with VectorTileServer(tile_info=tile_info) as srv:
+    with VectorTileServer(tile_info=CANADA_TILE_INFO) as srv:
         out = tmp_path / "canada.vtpk"
         result = cli("run", "--service", srv.url, "--levels", LEVELS, "--exporter", "vtpk",
                      "--output", str(out))

@@ -108,7 +108,8 @@ def plan_map_command(app: App, location: str, kw: dict[str, Any], token: str | N
         plan = lp.plan
         total += plan.tiles
         levels = ", ".join(str(lv.lod.level) for lv in plan.levels)
-        click.echo(f"{head}: {plan.tiles:,} tiles in levels {levels} → {lp.output}")
+        click.echo(f"{head}: {plan.tiles:,} tiles in levels {levels} → {lp.output} "
+                   f"(exporter {plan.spec.exporter.name})")
         for note in plan.policy_notes:
             click.echo(f"           policy {note}")
         dropped: dict[str, list[int]] = {}  # the levels of this layer's scheme left out, and why

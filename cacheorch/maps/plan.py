@@ -20,7 +20,10 @@ from cacheorch.errors import (
 )
 from cacheorch.jobplan import JobPlan, make_plan
 from cacheorch.jobspec import DEFAULT_EXPORTER, JobSpec, job_spec_from
-from cacheorch.maps.classify import service_skip_reason, skip_reason
+from cacheorch.maps.classify import (
+    VECTOR_EXPORTER, layer_exporter, layer_service, mbtiles_cannot_hold, service_skip_reason,
+    skip_reason,
+)
 from cacheorch.maps.model import MapDocument, MapLayer
 from cacheorch.options import split_plugin_spec
 
@@ -154,10 +157,10 @@ def plan_map(plugins: Plugins, config: Config, job_name: str | None, flags: dict
             plans.append(LayerPlan(i, layer, "skipped", reason=reasons[i]))
             continue
         own = overrides.get(layer.title, {})
-        exporter = own.get("exporter") or default_exporter
+        exporter = own.get("exporter") or layer_exporter(layer, default_exporter)
         extension = plugins.exporters.get(split_plugin_spec(exporter)[0]).extension or ""
         output = folder / (names[i] + extension)
-        layer_flags = dict(flags) | {"service": layer.url, "exporter": exporter,
+        layer_flags = dict(flags) | {"service": layer_service(layer), "exporter": exporter,
                                      "output": str(output)}
         for key in ("levels", "scales"):  # the layer's own value replaces the map's
             if key in own:
@@ -170,6 +173,12 @@ def plan_map(plugins: Plugins, config: Config, job_name: str | None, flags: dict
             raise UsageError("no levels chosen: give --levels (e.g. 0-8), --scales or --policy")
         try:
             job_plan = make_plan(plugins, spec, connection, fetching=fetching)
+            if "exporter" not in own and mbtiles_cannot_hold(layer, job_plan):
+                output = folder / (names[i] + (plugins.exporters.get(VECTOR_EXPORTER).extension
+                                               or ""))
+                layer_flags |= {"exporter": VECTOR_EXPORTER, "output": str(output)}
+                spec = job_spec_from(layer_config, job_name, layer_flags)
+                job_plan = make_plan(plugins, spec, connection, fetching=fetching)
         except (AreaError, LevelError, PolicyError, SchemeError, UsageError, ServiceError) as exc:
             reason = service_skip_reason(layer, exc) if isinstance(exc, ServiceError) else \
                 f"nothing to export here: {exc}"

@@ -2,8 +2,8 @@
 
 The layer tree (``<layer-tree-group>``) gives the order (its first child is drawn on top) and the
 visibility (``checked``); each ``<maplayer>`` gives the provider and datasource (spec/maps.md §3).
-Tiled ArcGIS inputs are ``arcgismapserver`` layers and ``wms`` XYZ layers whose template is a
-cache's ``/tile/{z}/{y}/{x}``.
+Tiled ArcGIS inputs are ``arcgismapserver`` layers, ``wms`` XYZ layers whose template is a
+cache's ``/tile/{z}/{y}/{x}``, and vector tile layers of an ArcGIS VectorTileServer.
 """
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ _INTERNAL_SUBSET = re.compile(r"<!DOCTYPE[^>]*\[|<!\s*ENTITY", re.I)
 _AMS_PAIR = re.compile(r"(\w+)='((?:[^'\\]|\\.)*)'")
 _LOCAL_PROVIDERS = {"gdal", "ogr", "spatialite", "delimitedtext", "memory", "virtual", "mdal",
                     "pdal", "gpx"}
+#: Vector tile layers: ``vectortile`` up to QGIS 3.2x; later releases name the source's provider.
+_VECTOR_TILE_PROVIDERS = {"vectortile", "arcgisvectortileservice", "xyzvectortiles",
+                          "mbtilesvectortiles", "vtpkvectortiles"}
 
 
 def read_project_text(path: Path) -> tuple[str, str | None]:
@@ -62,8 +65,14 @@ def layer_source(provider: str, datasource: str) -> tuple[str, str | None]:
         return "wms", url or None
     if provider == "arcgisfeatureserver":
         return "feature", dict(_AMS_PAIR.findall(datasource)).get("url")
-    if provider == "vectortile":
-        return "vector-tile", dict(parse_qsl(datasource)).get("url")
+    if provider in _VECTOR_TILE_PROVIDERS:
+        # QGIS 3.22 saves an ArcGIS vector tile service as
+        # ``type=xyz&serviceType=arcgis&url=…/VectorTileServer`` (obs) and a file as
+        # ``type=mbtiles&url=./x.mbtiles`` or ``type=vtpk&url=…``
+        query = dict(parse_qsl(datasource))
+        if query.get("type") in ("mbtiles", "vtpk"):
+            return "local", query.get("url")
+        return "vector-tile", query.get("url")
     if provider in _LOCAL_PROVIDERS:
         return "local", None
     return "other", None

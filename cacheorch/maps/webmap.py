@@ -12,6 +12,7 @@ from typing import Any
 
 from cacheorch.errors import MapError
 from cacheorch.maps.model import MapDocument, MapLayer
+from cacheorch.vector.service import vector_tile_service_url
 
 __all__ = ["webmap_document", "webmap_layer_kind", "ARCGIS_TILE_TEMPLATE"]
 
@@ -46,7 +47,9 @@ def webmap_layer_kind(entry: dict[str, Any]) -> tuple[str, str | None]:
             return "tiled-map", match.group("service")
         return "web-tiled", template or url
     if layer_type == "VectorTileLayer":
-        return "vector-tile", url or entry.get("styleUrl")
+        # the VectorTileServer when ``url`` or ``styleUrl`` names one (either may be a portal
+        # item's style instead), else what the layer says, for the skip reason
+        return "vector-tile", vector_tile_service_url(entry) or url or entry.get("styleUrl")
     return _KINDS.get(layer_type.lower(), "other"), url
 
 
