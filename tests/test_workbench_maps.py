@@ -164,3 +164,49 @@ def test_map_errors_are_one_line(api, tmp_path, town) -> None:
     plain = api.session.get(api.base + f"/api/maps/{opened['id']}",
                             headers={"X-Workbench-Token": "wrong"})
     assert plain.status_code == 401
+
+
+@pytest.mark.parametrize("from_page", [True, False], ids=["resume-in-workbench", "resume-cli"])
+def test_cancel_a_map_job_then_resume_it(api, tmp_path, cli, from_page) -> None:
+    with MapServices(delay=0.3) as slow:
+        (tmp_path / "slow.json").write_text(json.dumps(webmap(slow)))
+        opened = api.ok("POST", "/api/sources", {"map": str(tmp_path / "slow.json")})
+        job = api.ok("POST", "/api/jobs", _selection(opened, tiers=[],
+                                                     output=str(tmp_path / "slow-out")))
+        cancelled = api.ok("POST", f"/api/jobs/{job['map_id']}/cancel")
+        assert cancelled["map_id"] == job["map_id"]
+        record = _wait_map(api, job["map_id"])
+        assert record["live"]["status"] == "interrupted", record["live"]
+        assert record["status"] == "interrupted"
+        again = api.post(f"/api/jobs/{job['map_id']}/cancel")
+        assert again.status_code == 400 and "not running" in again.json()["error"]
+        if from_page:
+            resumed = api.ok("POST", f"/api/jobs/{job['map_id']}/resume")
+            assert resumed["map_id"] == job["map_id"]
+            record = _wait_map(api, job["map_id"])
+            assert record["status"] == "completed", record
+            assert record["live"]["status"] == "completed"
+            refused = api.post(f"/api/jobs/{job['map_id']}/resume")
+            assert refused.status_code == 400 and "already completed" in refused.json()["error"]
+        else:
+            res = cli("resume", job["map_id"], "--json")
+            assert res.code == 0, res.stdout + res.stderr
+            assert json.loads(res.stdout)["status"] == "completed"
+        for name, server in (("Topo.tpkx", "Topo"), ("Roads_Streets.tpkx", "Roads")):
+            assert gdal_tiles_differ(tmp_path / "slow-out" / name, slow.tiles[server]) == []
+
+
+def test_a_portal_item_with_a_token(api, services, tmp_path) -> None:
+    from _maps import Portal
+    from test_maps import ITEM
+    info = {"id": ITEM, "title": "Town basemap", "type": "Web Map", "owner": "me"}
+    with Portal({ITEM: (info, webmap(services))}, token=SECRET) as portal:
+        url = f"{portal.root}/home/item.html?id={ITEM}"
+        refused = api.post("/api/sources", {"map": url})
+        assert refused.status_code == 400 and "token" in refused.json()["error"]
+        opened = api.ok("POST", "/api/sources", {"map": url, "token": SECRET})
+        assert opened["title"] == "Town basemap" and opened["exported"] == 3
+        command = api.ok("POST", "/api/command", _selection(opened))
+        assert f"--map {url}" in command["command"] or shlex.quote(url) in command["command"]
+        assert SECRET not in json.dumps(opened) + json.dumps(command)
+        assert "ARCGIS_TOKEN" in command["note"]

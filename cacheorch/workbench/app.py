@@ -33,7 +33,8 @@ from cacheorch.errors import CacheorchError, UsageError
 from cacheorch.workbench.jobs import JobManager
 from cacheorch.workbench.paths import Roots
 from cacheorch.workbench.maps import (
-    OpenMap, describe_map, map_counts, map_flags, open_map, plan_of_map, start_map,
+    OpenMap, describe_map, map_counts, map_flags, open_map, plan_of_map, resume_map_job,
+    start_map,
 )
 from cacheorch.workbench.sources import Credentials, OpenSource, describe, open_source
 from cacheorch.workbench.tiers import command_of, counts, flags_of, grid, plan_of, spec_of
@@ -324,6 +325,20 @@ def create_app(wb: Workbench) -> Starlette:
         live = wb.map_jobs.live.get(map_id)
         return JSONResponse(data | {"live": live.to_json() if live else None})
 
+    async def map_job_resume(request: Request) -> Response:
+        """``cacheorch resume mID``, with the credentials of the map opened from the same place
+        (else the environment's, as the command line)."""
+        from cacheorch.catalog.maps import get_map
+        map_id = request.path_params["map_id"]
+
+        def begin() -> dict[str, Any]:
+            with app.open_catalog() as catalog:
+                source = get_map(catalog, map_id)["source"]
+            opened = next((om for om in wb.maps.values() if om.document.source == source), None)
+            credentials = opened.credentials if opened else Credentials(network=wb.network)
+            return resume_map_job(wb.map_jobs, map_id, credentials.connection()).to_json()
+        return JSONResponse(await run_in_threadpool(begin), status_code=201)
+
     async def map_job_cancel(request: Request) -> Response:
         return JSONResponse(wb.map_jobs.cancel(request.path_params["map_id"]).to_json())
 
@@ -401,6 +416,7 @@ def create_app(wb: Workbench) -> Starlette:
         Route("/api/maps/{mid}", map_get),
         Route("/api/jobs/m{map_id:int}", map_job_get),
         Route("/api/jobs/m{map_id:int}/cancel", map_job_cancel, methods=["POST"]),
+        Route("/api/jobs/m{map_id:int}/resume", map_job_resume, methods=["POST"]),
         Route("/api/sources/{sid}/tile/{level:int}/{row:int}/{col:int}", tile),
         Route("/api/sources/{sid}/upload", upload, methods=["POST"]),
         Route("/api/plan", plan, methods=["POST"]),

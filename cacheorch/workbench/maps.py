@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from cacheorch.pluginmanager import Plugins
 
 __all__ = ["OpenMap", "open_map", "describe_map", "map_flags", "plan_of_map", "map_counts",
-           "LiveMap", "start_map"]
+           "LiveMap", "start_map", "resume_map_job"]
 
 
 @dataclass
@@ -173,4 +173,26 @@ def start_map(jobs: JobManager, map_plan: MapPlan, connection: Connection) -> Li
         failed = [run.message for run in outcome.runs.values() if run.status != "completed"]
         return outcome.status, "; ".join(m for m in failed if m)
     return jobs.launch(run, lambda map_id, _: LiveMap(map_id, planned, output=output),
+                       connection, "map job")
+
+
+def resume_map_job(jobs: JobManager, map_id: int, connection: Connection) -> LiveJob:
+    """``cacheorch resume mID`` in a worker thread of ``jobs``: the map's unfinished layer jobs
+    resumed by :func:`~cacheorch.maps.resume.resume_map`, then its manifest written again.
+    Its ``tiles_planned`` stays 0: the layers are planned again inside the worker."""
+    from cacheorch.catalog.maps import get_map
+    from cacheorch.maps.resume import resume_map
+    live = jobs.live.get(map_id)
+    if live is not None and live.status == "running":
+        raise UsageError(f"map m{map_id} is running already")
+    with jobs.app.open_catalog() as catalog:
+        record = get_map(catalog, map_id)
+    if record["status"] == "completed":
+        raise UsageError(f"map m{map_id} is already completed")
+
+    def run(catalog: Catalog, progress: Any, on_start: Any) -> tuple[str, str]:
+        on_start(map_id)
+        _, outcome = resume_map(jobs.app.plugins, catalog, connection, map_id, progress=progress)
+        return outcome.status, ""
+    return jobs.launch(run, lambda _, __: LiveMap(map_id, 0, output=record["output"]),
                        connection, "map job")

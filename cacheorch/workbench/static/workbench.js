@@ -567,10 +567,20 @@
       });
       var row = document.createElement("div");
       row.className = "row";
-      if (record.status !== "completed") {
-        row.append(document.createTextNode("resume it with: cacheorch resume " + record.id));
+      if (record.status !== "completed" && !(record.live && record.live.status === "running")) {
+        row.append(button("Resume", "resume-map", function () { resumeMap(record.id); }));
       }
       box.replaceChildren(p, table, row);
+    }).catch(showError);
+  }
+
+  function resumeMap(mapId) {
+    showError(null);
+    api("POST", "/api/jobs/" + mapId + "/resume").then(function (job) {
+      state.lastMap = job.map_id; state.lastJob = null;
+      $("summary").replaceChildren();
+      showMapProgress(job);
+      refreshJobs();
     }).catch(showError);
   }
 
@@ -663,9 +673,13 @@
           row.dataset.jobId = m.id; row.dataset.status = m.status; row.className = "map-job";
           [m.id, m.status, m.jobs.length + " layer job(s)", m.output + " (map: " + m.title + ")"]
             .forEach(function (v) { row.insertCell().textContent = v; });
-          row.insertCell().append(button("Open", "show-" + m.id, function () {
+          var acts = row.insertCell();
+          acts.append(button("Open", "show-" + m.id, function () {
             $("export-section").hidden = false; showMapJob(m.id);
           }));
+          if (m.status === "interrupted" || m.status === "failed" || m.status === "partial") {
+            acts.append(" ", button("Resume", "resume-" + m.id, function () { resumeMap(m.id); }));
+          }
           return;
         }
         var job = item.job;
