@@ -97,6 +97,41 @@ def test_counts_per_layer_are_plan_map_s(api, town, cli, tmp_path) -> None:
     assert planned == {t: lyr["tiles_planned"] for t, lyr in exported.items()}
     assert f"map = {town}" in command["ini"] and "levels = 0-2" in command["ini"]
     assert "service =" not in command["ini"]
+    # the [job:NAME] section plans the same, as `plan NAME`
+    Path("no-config.ini").write_text(command["ini"])
+    res = cli("plan", "workbench", "--json")
+    assert res.code == 0, res.stderr
+    assert {lyr["title"]: lyr["tiles_planned"] for lyr in json.loads(res.stdout)["layers"]
+            if lyr["status"] == "planned"} == planned
+
+
+@pytest.mark.parametrize("name", ["field.mapx", "survey.qgz"])
+def test_a_mapx_and_a_qgis_project(api, services, tmp_path, name) -> None:
+    """Other formats go through the same readers; a QGIS map's layers default to GeoPackage
+    (no exporter in the selection: run --map's default)."""
+    import zipfile
+
+    from test_maps import mapx, qgs_text
+    path = tmp_path / name
+    if name.endswith(".mapx"):
+        path.write_text(json.dumps(mapx(services)))
+        expect = {"Roads": "exported", "Parcels": "skipped", "Topo": "exported",
+                  "World Topographic Map": "skipped"}
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("survey.qgs", qgs_text(services))
+        expect = {"Roads": "exported", "Topo XYZ": "exported", "OpenStreetMap": "skipped"}
+    opened = api.ok("POST", "/api/sources", {"map": str(path)})
+    assert {lyr["title"]: lyr["status"] for lyr in opened["layers"]} == expect
+    counts = api.ok("POST", "/api/plan", _selection(opened))
+    outputs = sorted(lyr["output"] for lyr in counts["layers"] if lyr["status"] == "planned")
+    suffix = ".gpkg" if name.endswith(".qgz") else ".tpkx"
+    assert outputs and all(o.endswith(suffix) for o in outputs), outputs
+    job = api.ok("POST", "/api/jobs", _selection(opened, output=str(tmp_path / "out")))
+    assert _wait_map(api, job["map_id"])["status"] == "completed"
+    manifest = json.loads((tmp_path / "out" / "map.json").read_text())
+    if name.endswith(".qgz"):
+        assert manifest["offline_copies"] == ["survey-offline.qgz"]
 
 
 def test_export_the_map_job(api, town, services, tmp_path, wb) -> None:  # noqa: F811
@@ -177,7 +212,7 @@ def test_cancel_a_map_job_then_resume_it(api, tmp_path, cli, from_page) -> None:
         assert cancelled["map_id"] == job["map_id"]
         record = _wait_map(api, job["map_id"])
         assert record["live"]["status"] == "interrupted", record["live"]
-        assert record["status"] == "interrupted"
+        assert record["status"] == "interrupted", (record["live"]["message"], record["layers"])
         again = api.post(f"/api/jobs/{job['map_id']}/cancel")
         assert again.status_code == 400 and "not running" in again.json()["error"]
         if from_page:

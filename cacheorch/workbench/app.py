@@ -321,9 +321,10 @@ def create_app(wb: Workbench) -> Starlette:
                 jobs = [catalog.get_job(job_id) for job_id in record["jobs"]]
             return record | {"layer_jobs": [_job_json(job, job.get("error") or "")
                                             for job in jobs]}
-        data = await run_in_threadpool(read)
         live = wb.map_jobs.live.get(map_id)
-        return JSONResponse(data | {"live": live.to_json() if live else None})
+        live_json = live.to_json() if live else None  # before the catalog: it ends first
+        data = await run_in_threadpool(read)
+        return JSONResponse(data | {"live": live_json})
 
     async def map_job_resume(request: Request) -> Response:
         """``cacheorch resume mID``, with the credentials of the map opened from the same place

@@ -96,6 +96,7 @@
         svc = Object.assign({}, svc.view, { default_output: svc.default_output });
       }
       $("map-info").hidden = !asMap;
+      mapDefaultExporter(asMap);
       state.service = svc;
       state.ticked = new Set();
       var levels = svc.levels.map(function (l) { return l.level; });
@@ -143,6 +144,19 @@
       what.textContent = layer.status === "exported" ? "exported" : layer.status + ": " + layer.reason;
       tr.insertCell().className = "tiles";
     });
+  }
+
+  function mapDefaultExporter(on) {  // a map's exporter defaults as run --map's (gpkg for QGIS)
+    var select = $("exporter"), option = select.querySelector('option[value=""]');
+    if (on && !option) {
+      option = document.createElement("option");
+      option.value = ""; option.textContent = "the map's default (as run --map)";
+      select.insertBefore(option, select.firstChild);
+    }
+    if (on) { option.selected = true; } else if (option) {
+      option.remove();
+      select.value = "tpkx";
+    }
   }
 
   function viewLayer(sourceId) {
