@@ -134,7 +134,7 @@ def test_a_mapx_and_a_qgis_project(api, services, tmp_path, name) -> None:
         assert manifest["offline_copies"] == ["survey-offline.qgz"]
 
 
-def test_export_the_map_job(api, town, services, tmp_path, wb) -> None:  # noqa: F811
+def test_export_the_map_job(api, town, services, tmp_path, wb, caplog) -> None:  # noqa: F811
     opened = api.ok("POST", "/api/sources", {"map": str(town), "token": SECRET})
     job = api.ok("POST", "/api/jobs", _selection(opened, levels="0-2", tiers=[],
                                                  output=str(tmp_path / "offline")))
@@ -163,6 +163,8 @@ def test_export_the_map_job(api, town, services, tmp_path, wb) -> None:  # noqa:
     catalog = Path(api.ok("GET", "/api/info")["catalog"])
     assert SECRET.encode() not in catalog.read_bytes()
     assert SECRET not in json.dumps(listed) + json.dumps(record) + json.dumps(opened)
+    assert SECRET not in caplog.text
+    assert SECRET not in (tmp_path / "offline" / "map.json").read_text()
     # the same folder again is refused before anything is written, in one line
     again = api.post("/api/jobs", _selection(opened, output=str(tmp_path / "offline")))
     assert again.status_code == 400 and "already exist" in again.json()["error"]

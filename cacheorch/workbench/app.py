@@ -88,7 +88,7 @@ class Workbench:
             raise UsageError("unknown source: open it first (POST /api/sources)")
         return src
 
-    def open_map(self, map_id: Any) -> OpenMap:
+    def opened_map(self, map_id: Any) -> OpenMap:
         om = self.maps.get(str(map_id or ""))
         if om is None:
             raise UsageError("unknown map: open it first (POST /api/sources with \"map\")")
@@ -97,7 +97,7 @@ class Workbench:
     def map_selection(self, body: dict[str, Any]) -> tuple[OpenMap, dict[str, Any]]:
         """The opened map of a selection and its ``run --map`` flags (areas are rounded to the
         viewed layer's resolution: ``source``, else the first exported layer)."""
-        om = self.open_map(body.get("map"))
+        om = self.opened_map(body.get("map"))
         view = self.source(body["source"]) if body.get("source") else \
             om.layer_source(self.sources)
         return om, map_flags(body, om, view)
@@ -197,7 +197,7 @@ def create_app(wb: Workbench) -> Starlette:
             "view": view, "default_output": wb.roots.default_output(described["folder_name"], "")})
 
     async def map_get(request: Request) -> Response:
-        return JSONResponse(describe_map(wb.open_map(request.path_params["mid"])))
+        return JSONResponse(describe_map(wb.opened_map(request.path_params["mid"])))
 
     async def source_get(request: Request) -> Response:
         return JSONResponse(describe(wb.source(request.path_params["sid"])))
