@@ -126,7 +126,7 @@ def test_bad_input_is_one_line_json(api, service, tmp_path) -> None:
             {"levels": "1", "area": {"kind": "extent"}, "buffer": "12 parsecs"}]}, "buffer"),
         ("/api/plan", {"source": src["id"], "levels": [9]}, "level"),
         ("/api/sources", {"location": ""}, "no source"),
-        ("/api/sources", {"map": "town.aprx"}, "--map"),
+        ("/api/sources", {"map": "town.aprx"}, "town.aprx: no such file"),
         ("/api/jobs", _selection(src, tmp_path, exporter="nosuch"), "nosuch"),
         ("/api/jobs/99/resume", {}, "99"),
     ]
@@ -399,6 +399,7 @@ def test_every_api_route_is_documented(wb) -> None:
     for route in routes:
         if route.path.startswith("/api/"):
             path = route.path.replace("{job_id:int}", "{id}").replace("{sid}", "{id}")
+            path = path.replace("{mid}", "{id}").replace("{map_id:int}", "{id}")
             path = path.replace("{level:int}/{row:int}/{col:int}", "{level}/{row}/{col}")
             for method in sorted((route.methods or set()) - {"HEAD"}):
                 assert f"`{method} {path}`" in doc, f"{method} {path} is not in docs/workbench-api.md"

@@ -328,3 +328,65 @@ def test_ticking_level_18_over_a_country_updates_the_table_quickly(page, tmp_pat
     print(f"\ntick → count on screen, country at level 17/18: median {statistics.median(timings):.0f} ms "
           f"(max {max(timings):.0f} ms, 50 ms of it the page's debounce)")
     assert len(timings) == 10 and all(t > 0 for t in timings), timings
+
+
+def test_open_a_web_map_see_skipped_layers_export_the_map(page, wb, tmp_path) -> None:
+    """A web map naming loopback MapServers: its layers in order with the skipped ones' reasons,
+    the layer to draw picked in the list, counts over every layer, the map job exported and its
+    outputs read back tile-exact with GDAL, the job list grouping it, the command to copy."""
+    import json
+
+    from _maps import MapServices, gdal_tiles_differ
+    from test_maps import webmap
+    shots = Shots(tmp_path, "map")
+    with MapServices() as services:
+        (tmp_path / "town.json").write_text(json.dumps(webmap(services)))
+        page.goto(wb.url)
+        page.select_option("#open-kind", "map")
+        page.fill("#location", str(tmp_path / "town.json"))
+        page.click("#open")
+        page.wait_for_selector('#map-layers tr[data-title="Parcels"]')
+        titles = page.eval_on_selector_all("#map-layers tbody tr", "rows => rows.map(r => r.dataset.title)")
+        assert titles == ["Hillshade", "Soils tiles", "Parcels", "Roads / Streets", "Soils",
+                          "Streets (vector)", "Topo"]
+        parcels = page.inner_text('#map-layers tr[data-title="Parcels"]')
+        assert "skipped" in parcels and "feature layer" in parcels, parcels
+        assert "not cached" in page.inner_text('#map-layers tr[data-title="Soils tiles"]')
+        page.wait_for_function("document.querySelector('#map').dataset.tilesLoaded === 'yes'")
+        # draw Topo: the tiles the map asks for are Topo's
+        page.click('#map-layers tr[data-title="Topo"] input.view')
+        page.wait_for_function("document.getElementById('status').textContent.includes('Topo')")
+        page.wait_for_function("document.querySelector('#map').dataset.tilesLoaded === 'yes'")
+        deadline = __import__("time").monotonic() + 20
+        while not any("/tile/" in path for path, _, _ in services.servers["Topo"].log):
+            assert __import__("time").monotonic() < deadline, "Topo's tiles are not drawn"
+            page.wait_for_timeout(100)
+        shots.take(page, "topo", "#map")
+        page.fill("#range-from", "0")
+        page.fill("#range-to", "2")
+        page.click("#select-range")
+        page.wait_for_function("document.getElementById('totals').dataset.tiles === '63'")
+        assert page.inner_text('#map-layers tr[data-title="Topo"] td.tiles') == "21"
+        assert tiles_shown(page, 2) == "16"
+        page.fill("#output", str(tmp_path / "offline"))
+        page.click("#export")
+        page.wait_for_selector('#summary[data-status="completed"]', timeout=60_000)
+        shots.take(page, "summary")
+        summary = page.inner_text("#map-summary")
+        assert "Topo.tpkx" in summary and "feature layer" in summary
+        for title, server, name in (("Hillshade", "Hillshade", "Hillshade.tpkx"),
+                                    ("Roads / Streets", "Roads", "Roads_Streets.tpkx"),
+                                    ("Topo", "Topo", "Topo.tpkx")):
+            row = page.inner_text(f'#map-summary tr[data-title="{title}"]')
+            assert "completed" in row and name in row, row
+            assert gdal_tiles_differ(tmp_path / "offline" / name, services.tiles[server]) == []
+        assert (tmp_path / "offline" / "map.json").is_file()
+        # the job list: the map job, its three layer jobs under it
+        page.click("#refresh-jobs")
+        page.wait_for_selector("#jobs tr.map-job")
+        assert page.locator("#jobs tr.layer-job").count() == 3
+        page.click("#copy-command")
+        page.wait_for_selector("#command:not([hidden])")
+        command = page.input_value("#command")
+        assert command.startswith("cacheorch run --map ") and "--levels 0-2" in command
+        assert "map = " in page.input_value("#ini")

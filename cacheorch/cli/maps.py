@@ -35,19 +35,12 @@ def _connection(kw: dict[str, Any], token: str | None) -> Connection:
     return Connection.from_env(token=token, referer=kw.get("referer"), **extra)
 
 
-def _politeness(connection: Connection, map_plan: Any) -> None:
-    """The job's politeness (``--max-rps``, failure threshold...) on the shared connection: the
-    same for every layer, so taken from the first planned layer's job."""
-    from cacheorch.maps.run import use_politeness
-    if map_plan.planned:
-        use_politeness(connection, map_plan.planned[0].plan.spec)
-
-
 def _plan(app: App, location: str, kw: dict[str, Any], token: str | None, *, fetching: bool
           ) -> tuple[Any, Connection]:
     from cacheorch.errors import UsageError
     from cacheorch.maps.plan import plan_map
     from cacheorch.maps.registry import read_map
+    from cacheorch.maps.run import use_map_politeness
     if kw.get("service"):
         raise UsageError("give either --map or --service, not both")
     connection = _connection(kw, token)
@@ -56,7 +49,7 @@ def _plan(app: App, location: str, kw: dict[str, Any], token: str | None, *, fet
         job = kw.pop("job", None)
         map_plan = plan_map(app.plugins, app.config, job, kw, document, connection,
                             fetching=fetching)
-        _politeness(connection, map_plan)
+        use_map_politeness(connection, map_plan)
     except BaseException:
         connection.close()
         raise

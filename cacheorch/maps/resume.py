@@ -18,6 +18,8 @@ from cacheorch.maps.plan import LayerPlan, MapPlan
 from cacheorch.maps.run import LayerRun, MapOutcome, conclude_map, run_layer_jobs, use_politeness
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cacheorch.catalog import Catalog
     from cacheorch.connection import Connection
     from cacheorch.pluginmanager import Plugins
@@ -25,9 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["resume_map"]
 
 
-def resume_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_id: int
-               ) -> tuple[MapPlan, MapOutcome]:
-    """Resume map ``map_id``'s unfinished layer jobs; return the map (as planned) and its end."""
+def resume_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_id: int, *,
+               progress: Callable[[int], None] | None = None) -> tuple[MapPlan, MapOutcome]:
+    """Resume map ``map_id``'s unfinished layer jobs; return the map (as planned) and its end.
+
+    ``progress`` is passed to every layer job, as :func:`~cacheorch.maps.run.run_map` does."""
     from cacheorch.cli.jobs import _pinned
     from cacheorch.runner import JobOutcome, check_resumable
     record = get_map(catalog, map_id)
@@ -77,5 +81,5 @@ def resume_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_i
             check_resumable(job)
             work.append((index, plan, job_id))
     map_plan = MapPlan(document, folder, tuple(plans), record.get("parameters") or {})
-    runs.update(run_layer_jobs(plugins, catalog, connection, work, map_id))
+    runs.update(run_layer_jobs(plugins, catalog, connection, work, map_id, progress))
     return map_plan, conclude_map(plugins, catalog, map_plan, map_id, runs)

@@ -7,6 +7,7 @@ manifest says which, and ``resume mID`` picks up the layer jobs that did not com
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from cacheorch.runner import JobOutcome
 
 __all__ = ["LayerRun", "MapOutcome", "run_map", "run_layer_jobs", "map_status", "use_politeness",
-           "conclude_map"]
+           "use_map_politeness", "conclude_map"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,13 @@ def use_politeness(connection: Connection, spec: JobSpec) -> None:
         connection.referer = spec.referer
 
 
+def use_map_politeness(connection: Connection, map_plan: MapPlan) -> None:
+    """The job's politeness on the map's shared connection: the same for every layer, so taken
+    from the first planned layer's job."""
+    if map_plan.planned:
+        use_politeness(connection, map_plan.planned[0].plan.spec)  # type: ignore[union-attr]
+
+
 def map_status(statuses: list[str]) -> str:
     """``completed`` when every exported layer completed; ``failed`` when none did; else
     ``partial`` (exit code 1 for both)."""
@@ -74,12 +82,13 @@ def map_status(statuses: list[str]) -> str:
 
 
 def run_layer_jobs(plugins: Plugins, catalog: Catalog, connection: Connection,
-                   work: list[tuple[int, JobPlan, int | None]], map_id: int
-                   ) -> dict[int, LayerRun]:
+                   work: list[tuple[int, JobPlan, int | None]], map_id: int,
+                   progress: Callable[[int], None] | None = None) -> dict[int, LayerRun]:
     """Run (or resume, with a job id) each ``(index, plan, job_id)``; per host, in order.
 
     Each layer gets its own copy of the connection (its own HTTP session; the token, its
     renewals and its secrets stay shared), so one layer's JSON requests never wait on another's.
+    ``progress`` is every layer job's progress callback (called from the host threads).
     """
     from cacheorch.runner import run_job
     runs: dict[int, LayerRun] = {}
@@ -94,7 +103,8 @@ def run_layer_jobs(plugins: Plugins, catalog: Catalog, connection: Connection,
                 attach_job(catalog, map_id, new_id, index)
         own = replace(connection, _session=None)
         try:
-            run.outcome = run_job(plugins, catalog, own, plan, job_id=job_id, on_start=started)
+            run.outcome = run_job(plugins, catalog, own, plan, job_id=job_id, on_start=started,
+                                  progress=progress)
             run.message = run.outcome.message
         except CacheorchError as exc:
             run.message = connection.redact(exc)
@@ -110,9 +120,14 @@ def run_layer_jobs(plugins: Plugins, catalog: Catalog, connection: Connection,
     return runs
 
 
-def run_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_plan: MapPlan
-            ) -> MapOutcome:
-    """Export every planned layer, then write ``map.json`` and the offline copies."""
+def run_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_plan: MapPlan, *,
+            progress: Callable[[int], None] | None = None,
+            on_start: Callable[[int], None] | None = None) -> MapOutcome:
+    """Export every planned layer, then write ``map.json`` and the offline copies.
+
+    ``on_start(map_id)`` is called once the catalog has the map job; ``progress`` is passed to
+    every layer job (raising KeyboardInterrupt from it interrupts the map, as Ctrl-C does).
+    """
     folder = map_plan.output
     create = [lp for lp in map_plan.layers if lp.spec is not None and lp.spec.mode == "create"]
     existing = [str(lp.output) for lp in create if lp.output is not None and lp.output.exists()]
@@ -127,9 +142,12 @@ def run_map(plugins: Plugins, catalog: Catalog, connection: Connection, map_plan
     map_id = create_map(catalog, title=document.title, source=document.source,
                         format=document.format, output=str(folder.absolute()),
                         parameters=map_plan.parameters, layers=_with_specs(map_plan, initial))
+    if on_start is not None:
+        on_start(map_id)
     work = [(lp.index, lp.plan, None) for lp in map_plan.planned]
     try:
-        runs = run_layer_jobs(plugins, catalog, connection, work, map_id)  # type: ignore[arg-type]
+        runs = run_layer_jobs(plugins, catalog, connection, work, map_id,  # type: ignore[arg-type]
+                              progress)
     except KeyboardInterrupt:
         finish_map(catalog, map_id, "interrupted")  # resume mID starts the layers not reached
         raise

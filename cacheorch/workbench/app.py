@@ -32,7 +32,11 @@ from cacheorch import __version__
 from cacheorch.errors import CacheorchError, UsageError
 from cacheorch.workbench.jobs import JobManager
 from cacheorch.workbench.paths import Roots
-from cacheorch.workbench.sources import Credentials, OpenSource, describe, open_map, open_source
+from cacheorch.workbench.maps import (
+    OpenMap, describe_map, map_counts, map_flags, open_map, plan_of_map, resume_map_job,
+    start_map,
+)
+from cacheorch.workbench.sources import Credentials, OpenSource, describe, open_source
 from cacheorch.workbench.tiers import command_of, counts, flags_of, grid, plan_of, spec_of
 from cacheorch.workbench.uploads import MAX_UPLOAD, area_of_upload
 
@@ -65,6 +69,9 @@ class Workbench:
         self.token = token or secrets.token_urlsafe(24)
         self.sources: dict[str, OpenSource] = {}
         self.jobs = JobManager(app)
+        #: Opened maps (their layers are in ``sources``) and the map jobs started here.
+        self.maps: dict[str, OpenMap] = {}
+        self.map_jobs = JobManager(app)  # keyed by map id; not a plugin: no job's events
         app.plugins.pm.register(self.jobs, name="cacheorch.workbench.jobs")
         self.uploads = Path(tempfile.mkdtemp(prefix="cacheorch-workbench-"))
         #: ``cacheorch serve`` of finished outputs, by job id (the summary's preview links).
@@ -81,9 +88,25 @@ class Workbench:
             raise UsageError("unknown source: open it first (POST /api/sources)")
         return src
 
+    def opened_map(self, map_id: Any) -> OpenMap:
+        om = self.maps.get(str(map_id or ""))
+        if om is None:
+            raise UsageError("unknown map: open it first (POST /api/sources with \"map\")")
+        return om
+
+    def map_selection(self, body: dict[str, Any]) -> tuple[OpenMap, dict[str, Any]]:
+        """The opened map of a selection and its ``run --map`` flags (areas are rounded to the
+        viewed layer's resolution: ``source``, else the first exported layer)."""
+        om = self.opened_map(body.get("map"))
+        view = self.source(body["source"]) if body.get("source") else \
+            om.layer_source(self.sources)
+        return om, map_flags(body, om, view)
+
     def redact(self, text: Any) -> str:
         """``text`` without any opened source's token or password."""
         text = str(text)
+        for om in list(self.maps.values()):
+            text = om.connection.redact(text)
         for src in list(self.sources.values()):
             text = src.connection.redact(text)
             if src.credentials.password:
@@ -92,6 +115,10 @@ class Workbench:
 
     def close(self) -> None:
         self.jobs.wait()
+        self.map_jobs.wait()
+        for om in self.maps.values():
+            om.close()
+        self.maps.clear()
         for server in self.previews.values():
             server.stop()
         self.previews.clear()
@@ -146,7 +173,7 @@ def create_app(wb: Workbench) -> Starlette:
                                   referer=body.get("referer") or None,
                                   network=wb.network)
         if body.get("map"):
-            src = await run_in_threadpool(open_map, app.plugins, str(body["map"]), credentials)
+            return await _open_map(str(body["map"]).strip(), credentials)
         else:
             src = await run_in_threadpool(open_source, app.plugins, location, credentials,
                                           body.get("source") or None)
@@ -155,6 +182,22 @@ def create_app(wb: Workbench) -> Starlette:
         exporter = app.plugins.exporters.get("tpkx")
         return JSONResponse(describe(src) | {
             "default_output": wb.roots.default_output(name, exporter.extension or "")})
+
+    async def _open_map(location: str, credentials: Credentials) -> Response:
+        """A map (``--map``): its layers in order, and the first exported layer as the source
+        the page draws (any other exported layer's ``source`` id draws that one)."""
+        if location and not location.lower().startswith(("http://", "https://")):
+            location = str(wb.roots.readable(location, "map"))
+        om, layers = await run_in_threadpool(open_map, app.plugins, location, credentials)
+        wb.maps[om.id] = om
+        wb.sources.update((src.id, src) for src in layers)
+        described = describe_map(om)
+        view = describe(layers[0]) if layers else None
+        return JSONResponse(described | {
+            "view": view, "default_output": wb.roots.default_output(described["folder_name"], "")})
+
+    async def map_get(request: Request) -> Response:
+        return JSONResponse(describe_map(wb.opened_map(request.path_params["mid"])))
 
     async def source_get(request: Request) -> Response:
         return JSONResponse(describe(wb.source(request.path_params["sid"])))
@@ -174,6 +217,9 @@ def create_app(wb: Workbench) -> Starlette:
 
     async def plan(request: Request) -> Response:
         body = await _body(request)
+        if body.get("map"):
+            om, flags = wb.map_selection(body)
+            return JSONResponse(await run_in_threadpool(map_counts, app, om, flags))
         src = wb.source(body.get("source"))
         return JSONResponse(await run_in_threadpool(counts, app, body, src,
                                                     estimate=bool(body.get("estimate"))))
@@ -207,8 +253,12 @@ def create_app(wb: Workbench) -> Starlette:
 
     async def command(request: Request) -> Response:
         body = await _body(request)
-        src = wb.source(body.get("source"))
-        flags = flags_of(body, src)
+        if body.get("map"):
+            from cacheorch.connection import redact_url
+            om, flags = wb.map_selection(body)
+            flags["map"] = redact_url(om.location)
+        else:
+            flags = flags_of(body, wb.source(body.get("source")))
         return JSONResponse(command_of(flags, str(body.get("name") or "").strip() or None))
 
     async def upload(request: Request) -> Response:
@@ -225,8 +275,10 @@ def create_app(wb: Workbench) -> Starlette:
 
     async def export(request: Request) -> Response:
         body = await _body(request)
-        src = wb.source(body.get("source"))
         body["output"] = str(wb.roots.writable(str(body.get("output") or ""), "output"))
+        if body.get("map"):
+            return JSONResponse(await run_in_threadpool(_export_map, body), status_code=201)
+        src = wb.source(body.get("source"))
 
         def begin() -> dict[str, Any]:
             spec = spec_of(app, body, src)
@@ -239,12 +291,57 @@ def create_app(wb: Workbench) -> Starlette:
             return wb.jobs.start(plan, connection).to_json()
         return JSONResponse(await run_in_threadpool(begin), status_code=201)
 
+    def _export_map(body: dict[str, Any]) -> dict[str, Any]:
+        """``run --map`` from the page: the map planned from the selection, run in a worker."""
+        from cacheorch.maps.run import use_map_politeness
+        om, flags = wb.map_selection(body)
+        map_plan = plan_of_map(app, om, flags, fetching=True)
+        connection = om.credentials.connection()
+        use_map_politeness(connection, map_plan)
+        return start_map(wb.map_jobs, map_plan, connection).to_json()
+
     async def jobs_list(request: Request) -> Response:
-        def read() -> list[dict[str, Any]]:
+        def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            from cacheorch.catalog.maps import list_maps
             with app.open_catalog() as catalog:
-                return catalog.list_jobs()
-        listed = await run_in_threadpool(read)
-        return JSONResponse({"jobs": listed, "live": wb.jobs.snapshot()})
+                return catalog.list_jobs(), list_maps(catalog)
+        listed, maps = await run_in_threadpool(read)
+        return JSONResponse({"jobs": listed, "maps": maps, "live": wb.jobs.snapshot(),
+                             "live_maps": wb.map_jobs.snapshot()})
+
+    async def map_job_get(request: Request) -> Response:
+        """The map job as ``cacheorch job mID --json`` prints it, its layer jobs, plus ``live``."""
+        from cacheorch.catalog.maps import get_map
+        from cacheorch.cli.jobs import _job_json
+        map_id = request.path_params["map_id"]
+
+        def read() -> dict[str, Any]:
+            with app.open_catalog() as catalog:
+                record = get_map(catalog, map_id)
+                jobs = [catalog.get_job(job_id) for job_id in record["jobs"]]
+            return record | {"layer_jobs": [_job_json(job, job.get("error") or "")
+                                            for job in jobs]}
+        live = wb.map_jobs.live.get(map_id)
+        live_json = live.to_json() if live else None  # before the catalog: it ends first
+        data = await run_in_threadpool(read)
+        return JSONResponse(data | {"live": live_json})
+
+    async def map_job_resume(request: Request) -> Response:
+        """``cacheorch resume mID``, with the credentials of the map opened from the same place
+        (else the environment's, as the command line)."""
+        from cacheorch.catalog.maps import get_map
+        map_id = request.path_params["map_id"]
+
+        def begin() -> dict[str, Any]:
+            with app.open_catalog() as catalog:
+                source = get_map(catalog, map_id)["source"]
+            opened = next((om for om in wb.maps.values() if om.document.source == source), None)
+            credentials = opened.credentials if opened else Credentials(network=wb.network)
+            return resume_map_job(wb.map_jobs, map_id, credentials.connection()).to_json()
+        return JSONResponse(await run_in_threadpool(begin), status_code=201)
+
+    async def map_job_cancel(request: Request) -> Response:
+        return JSONResponse(wb.map_jobs.cancel(request.path_params["map_id"]).to_json())
 
     async def job_get(request: Request) -> Response:
         from cacheorch.cli.jobs import _job_json
@@ -296,14 +393,14 @@ def create_app(wb: Workbench) -> Starlette:
 
     async def events(request: Request) -> Response:
         async def stream() -> Any:
-            seen = -1
+            seen: Any = None
             quiet = 0.0
             yield "retry: 2000\n\n"
             while not wb.stopping.is_set() and not await request.is_disconnected():
-                if wb.jobs.version != seen:
-                    seen = wb.jobs.version
+                if (wb.jobs.version, wb.map_jobs.version) != seen:
+                    seen = (wb.jobs.version, wb.map_jobs.version)
                     quiet = 0.0
-                    yield f"event: jobs\ndata: {json.dumps({'live': wb.jobs.snapshot()})}\n\n"
+                    yield f"event: jobs\ndata: {json.dumps({'live': wb.jobs.snapshot(), 'maps': wb.map_jobs.snapshot()})}\n\n"
                 elif quiet >= 15:
                     quiet = 0.0
                     yield ": keep-alive\n\n"
@@ -317,6 +414,10 @@ def create_app(wb: Workbench) -> Starlette:
         Route("/api/info", info),
         Route("/api/sources", sources_post, methods=["POST"]),
         Route("/api/sources/{sid}", source_get),
+        Route("/api/maps/{mid}", map_get),
+        Route("/api/jobs/m{map_id:int}", map_job_get),
+        Route("/api/jobs/m{map_id:int}/cancel", map_job_cancel, methods=["POST"]),
+        Route("/api/jobs/m{map_id:int}/resume", map_job_resume, methods=["POST"]),
         Route("/api/sources/{sid}/tile/{level:int}/{row:int}/{col:int}", tile),
         Route("/api/sources/{sid}/upload", upload, methods=["POST"]),
         Route("/api/plan", plan, methods=["POST"]),

@@ -18,6 +18,9 @@ from cacheorch.errors import CacheorchError, UsageError
 from cacheorch.events import BundleDone, Event, JobFinished, JobStarted
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cacheorch.catalog import Catalog
     from cacheorch.cli import App
     from cacheorch.connection import Connection
     from cacheorch.jobplan import JobPlan
@@ -104,18 +107,35 @@ class JobManager:
         from cacheorch.runner import run_job
         if job_id is not None and job_id in self.live and self.live[job_id].status == "running":
             raise UsageError(f"job {job_id} is running already")
-        started = threading.Event()
-        box: dict[str, Any] = {}
-        planned = plan.tiles
 
-        def on_start(new_id: int) -> None:
-            job = LiveJob(new_id, planned)
+        def live(new_id: int, catalog: Catalog) -> LiveJob:
+            job = LiveJob(new_id, plan.tiles)
             if job_id is not None:  # a resume counts on from the bundles the catalog has done
-                done = box["catalog"].get_job(new_id)
+                done = catalog.get_job(new_id)
                 job.written, job.missing, job.failed, job.bytes = (
                     done.get(k) or 0 for k in ("tiles_written", "tiles_missing", "tiles_failed",
                                                "bytes"))
                 job.done = job.written + job.missing + job.failed
+            return job
+
+        def run(catalog: Catalog, progress: Any, on_start: Any) -> tuple[str, str]:
+            outcome = run_job(self.app.plugins, catalog, connection, plan, job_id=job_id,
+                              progress=progress, on_start=on_start, retry_failed=retry_failed)
+            return outcome.status, outcome.message
+        return self.launch(run, live, connection, "job")
+
+    def launch(self, run: Callable[[Catalog, Callable[[int], None], Callable[[int], None]],
+                                   tuple[str, str]],
+               live: Callable[[int, Catalog], LiveJob], connection: Connection, what: str
+               ) -> LiveJob:
+        """Call ``run(catalog, progress, on_start)`` in a worker thread; ``on_start(id)`` makes
+        the live job with ``live(id, catalog)``; return it once started, or raise what stopped
+        it before that. ``run`` returns the status and message it ended with."""
+        started = threading.Event()
+        box: dict[str, Any] = {}
+
+        def on_start(new_id: int) -> None:
+            job = live(new_id, box["catalog"])
             with self.lock:
                 self.live[new_id] = job
                 self._changed()
@@ -135,14 +155,15 @@ class JobManager:
         def work() -> None:
             catalog = box["catalog"] = self.app.open_catalog(redact=connection.redact)
             try:
-                outcome = run_job(self.app.plugins, catalog, connection, plan, job_id=job_id,
-                                  progress=progress, on_start=on_start, retry_failed=retry_failed)
-                self._ended(box.get("job"), outcome.status, outcome.message)
+                status, message = run(catalog, progress, on_start)
+                self._ended(box.get("job"), status, message)
+            except KeyboardInterrupt:  # cancelled (a map's layer job re-raises it)
+                self._ended(box.get("job"), None, "cancelled; resumable")
             except CacheorchError as exc:
                 box.setdefault("error", exc)
                 self._ended(box.get("job"), None, connection.redact(exc))
             except BaseException as exc:  # a bug: keep the workbench alive, say what happened
-                log.warning("job failed: %s", connection.redact(exc))
+                log.warning("%s failed: %s", what, connection.redact(exc))
                 box.setdefault("error", CacheorchError(f"internal error: {type(exc).__name__}: "
                                                        f"{connection.redact(exc)}"))
                 self._ended(box.get("job"), "failed", connection.redact(exc))
@@ -151,14 +172,14 @@ class JobManager:
                 connection.close()
                 started.set()
 
-        thread = threading.Thread(target=work, name="cacheorch-workbench-job", daemon=True)
+        thread = threading.Thread(target=work, name=f"cacheorch-workbench-{what}", daemon=True)
         self.threads.append(thread)
         thread.start()
         if not started.wait(START_TIMEOUT):
-            raise CacheorchError("the job did not start within "
+            raise CacheorchError(f"the {what} did not start within "
                                  f"{START_TIMEOUT:.0f} s; see the job list")
         if "job" not in box:
-            raise box.get("error") or CacheorchError("the job ended before it started")
+            raise box.get("error") or CacheorchError(f"the {what} ended before it started")
         return box["job"]
 
     def _ended(self, job: LiveJob | None, status: str | None, message: str) -> None:

@@ -22,7 +22,7 @@ from cacheorch.tiling import TileKey
 if TYPE_CHECKING:
     from cacheorch.pluginmanager import Plugins
 
-__all__ = ["OpenSource", "Credentials", "open_source", "open_map", "describe"]
+__all__ = ["OpenSource", "Credentials", "open_source", "describe"]
 
 #: Tile requests in flight for the map, per source (a job uses its own fetcher and workers).
 MAP_WORKERS = 4
@@ -135,16 +135,6 @@ def open_source(plugins: Plugins, location: str, credentials: Credentials,
         connection.close()
         raise
     return OpenSource(secrets.token_hex(8), location, service, credentials, connection, spec)
-
-
-def open_map(plugins: Plugins, path: str, credentials: Credentials) -> OpenSource:
-    """Extension point for opening a map (``--map``: a web map or project naming several layers).
-
-    Not in this version: ``cacheorch run`` has no ``--map`` yet. When it has, read the map here
-    with the same call the CLI makes and return its layers' tiling scheme as an OpenSource.
-    """
-    raise UsageError("opening a map is not available in this version of cacheorch (it comes with "
-                     "--map); open the map's tiled service URL instead")
 
 
 def describe(src: OpenSource) -> dict[str, Any]:

@@ -165,8 +165,10 @@ def grid(app: App, selection: dict[str, Any], source: OpenSource, level: int) ->
 
 
 def command_of(flags: dict[str, Any], name: str | None = None) -> dict[str, str]:
-    """The ``cacheorch run`` command line and the ``[job:NAME]`` section for ``flags``."""
-    args = ["cacheorch", "run", "--service", flags["service"]]
+    """The ``cacheorch run`` command line and the ``[job:NAME]`` section for ``flags`` (a map's
+    flags have ``map`` instead of ``service``)."""
+    what = "map" if flags.get("map") else "service"
+    args = ["cacheorch", "run", f"--{what}", flags[what]]
     if flags.get("source"):
         args += ["--source", flags["source"]]
     args += ["--levels", flags["levels"]]
@@ -175,7 +177,7 @@ def command_of(flags: dict[str, Any], name: str | None = None) -> dict[str, str]
     for key in ("exporter", "output", "mode", "referer"):
         if flags.get(key):
             args += [f"--{key}", flags[key]]
-    section = [f"[job:{name or 'workbench'}]", f"service = {flags['service']}"]
+    section = [f"[job:{name or 'workbench'}]", f"{what} = {flags[what]}"]
     if flags.get("source"):
         section.append(f"source = {flags['source']}")
     section.append(f"levels = {flags['levels']}")

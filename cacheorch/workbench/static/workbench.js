@@ -14,7 +14,9 @@
   var $ = function (id) { return document.getElementById(id); };
 
   var state = {
-    service: null,      // the opened source (describe())
+    service: null,      // the opened source (describe()); for a map, the layer drawn
+    map: null,          // the opened map (POST /api/sources with "map"), else null
+    lastMap: null,      // the map job started last ("m1")
     ticked: new Set(),
     tiers: [],          // {levels: "0-5", area: {kind, geometry}, buffer: ""}
     active: 0,
@@ -71,6 +73,7 @@
       }),
       exporter: $("exporter").value, output: $("output").value, mode: $("mode").value,
     };
+    if (state.map) { sel.map = state.map.id; }  // the levels and tiers apply to every layer
     return Object.assign(sel, extra || {});
   }
 
@@ -80,11 +83,20 @@
     ev.preventDefault();
     showError(null);
     status("opening…");
-    api("POST", "/api/sources", {
-      location: $("location").value, token: $("token").value, username: $("username").value,
-      password: $("password").value, referer: $("referer").value,
-    }).then(function (svc) {
+    var asMap = $("open-kind").value === "map";
+    var body = { token: $("token").value, username: $("username").value,
+                 password: $("password").value, referer: $("referer").value };
+    body[asMap ? "map" : "location"] = $("location").value;
+    api("POST", "/api/sources", body).then(function (svc) {
       $("password").value = "";
+      if (asMap || state.map) { $("output").value = ""; }  // a map's output is a folder
+      state.map = asMap ? svc : null;
+      if (asMap) {
+        showMapLayers(svc);
+        svc = Object.assign({}, svc.view, { default_output: svc.default_output });
+      }
+      $("map-info").hidden = !asMap;
+      mapDefaultExporter(asMap);
       state.service = svc;
       state.ticked = new Set();
       var levels = svc.levels.map(function (l) { return l.level; });
@@ -101,6 +113,85 @@
       });
       status("opened " + svc.location);
     }).catch(function (err) { showError(err); status(""); });
+  }
+
+  // -- a map: its layers in order, the one drawn, each one's counts ------------------------------
+
+  function showMapLayers(m) {
+    $("map-title").textContent = "Map " + m.title + " (" + m.format + "): " + m.layers.length +
+      " layers, " + m.exported + " exported, " + m.skipped + " skipped";
+    var body = $("map-layers").tBodies[0];
+    body.replaceChildren();
+    m.layers.forEach(function (layer) {
+      var tr = body.insertRow();
+      tr.dataset.title = layer.title;
+      tr.dataset.status = layer.status;
+      tr.className = layer.status;
+      var pick = tr.insertCell();
+      if (layer.source) {
+        var radio = document.createElement("input");
+        radio.type = "radio"; radio.name = "view-layer"; radio.className = "view";
+        radio.checked = m.view && layer.source === m.view.id;
+        radio.addEventListener("change", function () { viewLayer(layer.source); });
+        pick.appendChild(radio);
+      }
+      tr.insertCell().textContent = (layer.group.length ? layer.group.join(" / ") + " / " : "") +
+        layer.title;
+      tr.insertCell().textContent = layer.role;
+      tr.insertCell().textContent = layer.visibility ? "yes" : "no";
+      var what = tr.insertCell();
+      what.className = "why";
+      what.textContent = layer.status === "exported" ? "exported" : layer.status + ": " + layer.reason;
+      tr.insertCell().className = "tiles";
+    });
+  }
+
+  function mapDefaultExporter(on) {  // a map's exporter defaults as run --map's (gpkg for QGIS)
+    var select = $("exporter"), option = select.querySelector('option[value=""]');
+    if (on && !option) {
+      option = document.createElement("option");
+      option.value = ""; option.textContent = "the map's default (as run --map)";
+      select.insertBefore(option, select.firstChild);
+    }
+    if (on) { option.selected = true; } else if (option) {
+      option.remove();
+      select.value = "tpkx";
+    }
+  }
+
+  function viewLayer(sourceId) {
+    showError(null);
+    api("GET", "/api/sources/" + sourceId).then(function (svc) {
+      state.service = svc;
+      showService(svc);
+      buildScales(svc);
+      buildMap(svc);
+      refreshTicks();
+      status("drawing " + svc.name);
+    }).catch(showError);
+  }
+
+  function fillMapCounts(r) {
+    r.layers.forEach(function (layer) {
+      var tr = document.querySelector('#map-layers tr[data-title="' + CSS.escape(layer.title) + '"]');
+      if (tr) {
+        tr.querySelector(".tiles").textContent = layer.status === "planned" ?
+          fmtInt(layer.tiles_planned) : "";
+        if (layer.status !== "planned") {
+          tr.querySelector(".why").textContent = layer.status + ": " + (layer.reason || layer.error);
+        } else { tr.querySelector(".why").textContent = "exported → " + layer.output; }
+      }
+      if (layer.source === state.service.id && layer.levels) {
+        layer.levels.forEach(function (lv) {
+          var row = document.querySelector('#scales tr[data-level="' + lv.level + '"]');
+          if (row) { row.querySelector(".tiles").textContent = fmtInt(lv.tiles_planned); }
+        });
+      }
+    });
+    $("totals").textContent = fmtInt(r.tiles) + " tiles in " + r.exported +
+      " exported layer(s) · planned in " + r.planner_ms + " ms";
+    $("totals").dataset.plannerMs = r.planner_ms;
+    $("totals").dataset.tiles = r.tiles;
   }
 
   function showService(svc) {
@@ -192,6 +283,7 @@
     api("POST", "/api/plan", selection()).then(function (r) {
       if (seq !== countSeq) { return; }
       showError(null);
+      if (state.map) { fillMapCounts(r); return; }  // per layer, as plan --map
       fillCounts(r, false);
       return api("POST", "/api/plan", selection({ estimate: true }));
     }).then(function (r) {
@@ -423,19 +515,24 @@
     $("summary").replaceChildren();
     $("export").disabled = true;
     api("POST", "/api/jobs", selection()).then(function (job) {
-      state.lastJob = job.job_id;
-      showProgress(job);
+      if (job.map_id) { state.lastMap = job.map_id; state.lastJob = null; showMapProgress(job); }
+      else { state.lastJob = job.job_id; state.lastMap = null; showProgress(job); }
       refreshJobs();
     }).catch(function (err) { showError(err); $("export").disabled = false; });
   }
 
-  function showProgress(job) {
+  function progressBox(job, id) {  // the progress of a job or a map job: buttons, status
     var running = job.status === "running";
     $("cancel").disabled = !running;
     $("export").disabled = running;
     var box = $("progress");
     box.dataset.status = job.status;
-    box.dataset.jobId = job.job_id;
+    box.dataset.jobId = id;
+    return box;
+  }
+
+  function showProgress(job) {
+    var running = job.status === "running", box = progressBox(job, job.job_id);
     var head = document.createElement("p");
     head.textContent = "Job " + job.job_id + " " + job.status + ": " + fmtInt(job.tiles_done) + " / " +
       fmtInt(job.tiles_planned) + " tiles · " + job.tiles_per_second + " tiles/s · ETA " +
@@ -450,6 +547,55 @@
     });
     box.replaceChildren(head, table);
     if (!running) { showSummary(job); }
+  }
+
+  function showMapProgress(job) {
+    var running = job.status === "running", box = progressBox(job, job.map_id);
+    var head = document.createElement("p");
+    head.textContent = "Map job " + job.map_id + " " + job.status + ": " + fmtInt(job.tiles_done) +
+      " / " + fmtInt(job.tiles_planned) + " tiles · " + job.tiles_per_second + " tiles/s · ETA " +
+      fmtSeconds(job.eta_s) + (job.message ? " · " + job.message : "");
+    box.replaceChildren(head);
+    if (!running) { showMapJob(job.map_id); }
+  }
+
+  function showMapJob(mapId) {
+    api("GET", "/api/jobs/" + mapId).then(function (record) {
+      var box = $("summary");
+      box.dataset.jobId = record.id;
+      box.dataset.status = record.status;
+      var p = document.createElement("p");
+      p.textContent = "Map job " + record.id + " " + record.status + " → " + record.output + "/map.json";
+      var table = document.createElement("table");
+      table.id = "map-summary";
+      table.innerHTML = "<tr><th>layer</th><th>status</th><th>output or reason</th><th>tiles</th></tr>";
+      var jobs = {};
+      record.layer_jobs.forEach(function (j) { jobs[j.job_id] = j; });
+      record.layers.forEach(function (layer) {
+        var tr = table.insertRow();
+        tr.dataset.title = layer.title;
+        tr.dataset.status = layer.status;
+        var job = jobs[layer.job_id];
+        [layer.title, layer.status, layer.output || layer.reason || layer.error || "",
+         job ? fmtInt(job.tiles_written) : ""].forEach(function (v) { tr.insertCell().textContent = v; });
+      });
+      var row = document.createElement("div");
+      row.className = "row";
+      if (record.status !== "completed" && !(record.live && record.live.status === "running")) {
+        row.append(button("Resume", "resume-map", function () { resumeMap(record.id); }));
+      }
+      box.replaceChildren(p, table, row);
+    }).catch(showError);
+  }
+
+  function resumeMap(mapId) {
+    showError(null);
+    api("POST", "/api/jobs/" + mapId + "/resume").then(function (job) {
+      state.lastMap = job.map_id; state.lastJob = null;
+      $("summary").replaceChildren();
+      showMapProgress(job);
+      refreshJobs();
+    }).catch(showError);
   }
 
   function showSummary(job) {
@@ -497,6 +643,10 @@
   }
 
   function cancel() {
+    if (state.lastMap) {
+      api("POST", "/api/jobs/" + state.lastMap + "/cancel").then(showMapProgress).catch(showError);
+      return;
+    }
     if (state.lastJob == null) { return; }
     api("POST", "/api/jobs/" + state.lastJob + "/cancel").then(showProgress).catch(showError);
   }
@@ -524,11 +674,34 @@
     return api("GET", "/api/jobs").then(function (r) {
       var body = $("jobs").tBodies[0];
       body.replaceChildren();
-      r.jobs.forEach(function (job) {
+      var byId = {}, owned = {}, order = [];
+      r.jobs.forEach(function (job) { byId[job.id] = job; });
+      r.maps.forEach(function (m) {  // a map job, then its layer jobs
+        order.push({ map: m });
+        m.jobs.forEach(function (id) { owned[id] = true; if (byId[id]) { order.push({ job: byId[id], layer: true }); } });
+      });
+      r.jobs.forEach(function (job) { if (!owned[job.id]) { order.push({ job: job }); } });
+      order.forEach(function (item) {
+        if (item.map) {
+          var m = item.map, row = body.insertRow();
+          row.dataset.jobId = m.id; row.dataset.status = m.status; row.className = "map-job";
+          [m.id, m.status, m.jobs.length + " layer job(s)", m.output + " (map: " + m.title + ")"]
+            .forEach(function (v) { row.insertCell().textContent = v; });
+          var acts = row.insertCell();
+          acts.append(button("Open", "show-" + m.id, function () {
+            $("export-section").hidden = false; showMapJob(m.id);
+          }));
+          if (m.status === "interrupted" || m.status === "failed" || m.status === "partial") {
+            acts.append(" ", button("Resume", "resume-" + m.id, function () { resumeMap(m.id); }));
+          }
+          return;
+        }
+        var job = item.job;
         var tr = body.insertRow();
+        if (item.layer) { tr.className = "layer-job"; }
         tr.dataset.jobId = job.id;
         tr.dataset.status = job.status;
-        tr.insertCell().textContent = job.id;
+        tr.insertCell().textContent = (item.layer ? "└ " : "") + job.id;
         tr.insertCell().textContent = job.status;
         tr.insertCell().textContent = fmtInt(job.tiles_written) + " / " + fmtInt(job.tiles_planned);
         tr.insertCell().textContent = job.output || "";
@@ -545,7 +718,14 @@
     var source = new EventSource("/api/events?token=" + encodeURIComponent(TOKEN));
     var finished = {};
     source.addEventListener("jobs", function (e) {
-      var live = JSON.parse(e.data).live;
+      var data = JSON.parse(e.data), live = data.live;
+      (data.maps || []).forEach(function (job) {
+        if (job.map_id === state.lastMap) { showMapProgress(job); }
+        if (job.status !== "running" && !finished[job.map_id + job.status]) {
+          finished[job.map_id + job.status] = true;
+          refreshJobs();
+        }
+      });
       live.forEach(function (job) {
         if (job.job_id === state.lastJob) { showProgress(job); }
         if (job.status !== "running" && !finished[job.job_id + job.status]) {
