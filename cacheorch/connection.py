@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
@@ -26,7 +26,7 @@ from cacheorch.net import NetworkSettings, describe
 from cacheorch.net.acceptor import DEFAULT_MAX_TILE_SIZE
 from cacheorch.tokens import TokenProvider
 
-__all__ = ["Connection", "redact_url", "with_token", "USER_AGENT", "AUTH_CODES",
+__all__ = ["Connection", "Reauth", "redact_url", "with_token", "USER_AGENT", "AUTH_CODES",
            "NO_CREDENTIALS_HINT"]
 
 #: Identifies cacheorch to servers, as polite crawlers do.
@@ -79,6 +79,15 @@ def redact_url(url: str) -> str:
     query = [(k, "***" if k.lower() in _SECRET_PARAMS else v)
              for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
+
+
+class Reauth(NamedTuple):
+    """The tile engine's ``reauth`` answer: the URL to retry a refused tile with, and whether its
+    token was renewed for this refusal (the tile's one re-authorisation) rather than renewed by
+    another request since the refused URL was made."""
+
+    url: str
+    renewed: bool
 
 
 @dataclass
@@ -214,20 +223,28 @@ class Connection:
 
         :param url: the service the token is for (remembered for later renewals).
         """
+        return self._renew(stale, url)[0]
+
+    def _renew(self, stale: str | None, url: str | None = None, ask: bool = True
+               ) -> tuple[str | None, bool]:
+        """:meth:`renew_token`, and whether the provider was asked for this refusal: False when
+        the token had been replaced since ``stale`` was sent (nothing is renewed for it, so the
+        refused request owes nothing to the rate limit nor to its one re-authorisation), or when
+        ``ask`` is False (only such a catch-up is wanted)."""
         with self._token_lock:
             if url:
                 self.token_service = url
             if self.token is not None and self.token != stale:
-                return self.token  # another request renewed it meanwhile
+                return self.token, False  # another request renewed it meanwhile
             provider, service = self.token_provider, self.token_service
-            if provider is None or service is None:
-                return None
+            if provider is None or service is None or not ask:
+                return None, False
             now = time.monotonic()
             recent = [t for t in self._renewals if now - t < 60.0]
             if len(recent) >= self.max_renewals_per_minute:
                 log.warning("not renewing the token again: %d renewals in the last minute; "
                             "the service refuses fresh tokens", len(recent))
-                return None
+                return None, False
             if isinstance(provider, TokenProvider):  # the token service is reached like the rest
                 provider.session = self.session
             issued = provider.generate(service, self.timeout)
@@ -236,20 +253,22 @@ class Connection:
                 self._retired.append(self.token)
             self.token, self.token_expires = issued.token, issued.expires
             self._token_lifetime = None if issued.expires is None else issued.expires - time.time()
-            return self.token
+            return self.token, True
 
-    def reauthorised_url(self, url: str, service_url: str) -> str | None:
+    def reauthorised_url(self, url: str, service_url: str, renew: bool = True) -> Reauth | None:
         """``url`` carrying a renewed token, after the service refused the token it carried.
 
         The tile engine's ``reauth``: tile URLs carry the token in their query, so the token
-        used is read back from ``url``. Credentials refused by the token service raise
+        used is read back from ``url``. A token replaced since ``url`` was made is only caught
+        up with (``Reauth.renewed`` False: not the tile's one re-authorisation); with ``renew``
+        False nothing else is done. Credentials refused by the token service raise
         :class:`~cacheorch.errors.AuthError` (every tile would fail alike); a token service that
         cannot be reached gives None, failing only the tile, which a resume picks up.
         """
         from cacheorch.errors import AuthError, CacheorchError
         used = _token_of(url)
         try:
-            token = self.renew_token(used, service_url)
+            token, renewed = self._renew(used, service_url, renew)
         except AuthError:
             raise
         except CacheorchError as exc:
@@ -257,7 +276,7 @@ class Connection:
             return None
         if not token or token == used:
             return None
-        return with_token(url, token)
+        return Reauth(with_token(url, token), renewed)
 
     def get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
         """The JSON document at ``url`` (``f=json`` and the token added), renewing the token once.
@@ -301,8 +320,8 @@ class Connection:
                     not _wants_token(response, _peek_json(response, stream), token):
                 return response
             response.close()
-            self.renew_token(token, service_url or url)
-            renewed = True
+            token, asked = self._renew(token, service_url or url)
+            renewed = asked or token is None  # a token renewed meanwhile is only caught up with
 
     def _send_once(self, method: str, url: str, params: dict[str, Any], token: str | None,
                    headers: dict[str, str] | None, stream: bool) -> requests.Response:

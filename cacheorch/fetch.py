@@ -36,7 +36,7 @@ from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 from cacheorch.connection import _SECRET_IN_TEXT as _SECRET_RE
-from cacheorch.connection import USER_AGENT
+from cacheorch.connection import USER_AGENT, Reauth
 from cacheorch.errors import JobFailedError
 from cacheorch.jsonlimits import loads
 from cacheorch.net import NetworkSettings, Proxy, os_words, tls_words
@@ -578,10 +578,12 @@ class TileFetchEngine:
         :class:`TooManyFailuresError` once more than this fraction of the last
         ``failure_window`` requests (attempts, retries included) failed. None: never.
     :param reauth: called with the URL of a request refused for its token (ArcGIS 498 invalid
-        or expired, 499 required; as an HTTP status or a JSON error body) and returns the URL
-        to retry with, carrying a renewed token, or None to fail the tile. It runs in a worker
-        thread, so it may block on a token service while other requests go on; each tile is
-        re-authorised at most once. An exception it raises ends the fetch.
+        or expired, 499 required; as an HTTP status or a JSON error body) and whether it may
+        renew the token; returns the URL to retry with (:class:`~cacheorch.connection.Reauth`),
+        carrying a renewed token, or None to fail the tile. It runs in a worker thread, so it
+        may block on a token service while other requests go on; each tile is re-authorised at
+        most once (a token renewed by another request since its URL was made is only caught
+        up with, which does not count). An exception it raises ends the fetch.
     :param acceptor: what a whole tile is (the service's format, the maximum tile size): a body
         it refuses is never a tile, and a body past its size is not read on. Images of any
         format, up to 16 MiB, by default.
@@ -591,7 +593,7 @@ class TileFetchEngine:
                  timeout: float | None = None, retry: RetryPolicy | None = None,
                  redact: Callable[[str], str] = redact_text, trust_env: bool = True,
                  ssl_context: ssl.SSLContext | None = None, max_redirects: int = 5,
-                 reauth: Callable[[str], str | None] | None = None,
+                 reauth: Callable[[str, bool], Reauth | None] | None = None,
                  max_rps: float | None = None, failure_rate: float | None = None,
                  failure_window: int = 200, network: NetworkSettings | None = None,
                  acceptor: TileAcceptor | None = None) -> None:
@@ -875,7 +877,7 @@ class TileFetchEngine:
         redirects = 0
         stale_replays = 0
         fresh = False
-        reauthorised = self.reauth is None
+        reauthorised = False
         count = self._count
         while True:
             if self._tripped is not None:
@@ -911,9 +913,8 @@ class TileFetchEngine:
                 if arcgis is not None:
                     code, message = arcgis
                     count(False, message)
-                    if code in _TOKEN_CODES and not reauthorised:
-                        reauthorised = True
-                        new_url = await self._reauth(url)
+                    if code in _TOKEN_CODES:
+                        new_url, reauthorised = await self._reauth(url, reauthorised)
                         if new_url is not None:
                             url = new_url
                             continue
@@ -956,10 +957,8 @@ class TileFetchEngine:
             if arcgis is not None:
                 message += f" ({arcgis[1]})"
             count(False, message)
-            if not reauthorised and (status in _TOKEN_CODES
-                                     or (arcgis is not None and arcgis[0] in _TOKEN_CODES)):
-                reauthorised = True
-                new_url = await self._reauth(url)
+            if status in _TOKEN_CODES or (arcgis is not None and arcgis[0] in _TOKEN_CODES):
+                new_url, reauthorised = await self._reauth(url, reauthorised)
                 if new_url is not None:
                     url = new_url
                     continue
@@ -985,10 +984,17 @@ class TileFetchEngine:
                 f"Finished bundles are kept: resume the job when it recovers")
             raise self._tripped
 
-    async def _reauth(self, url: str) -> str | None:
-        """The URL with a renewed token, from :attr:`reauth` run off the event loop."""
-        assert self.reauth is not None and self._loop is not None
-        return await self._loop.run_in_executor(None, self.reauth, url)
+    async def _reauth(self, url: str, reauthorised: bool) -> tuple[str | None, bool]:
+        """The URL to retry a token refusal with (None: fail the tile), from :attr:`reauth` run
+        off the event loop, and whether the tile has spent its one re-authorisation: catching up
+        with a token renewed meanwhile does not spend it, and once spent only that is asked."""
+        if self.reauth is None:
+            return None, True
+        assert self._loop is not None
+        again = await self._loop.run_in_executor(None, self.reauth, url, not reauthorised)
+        if again is None:
+            return None, True
+        return again.url, reauthorised or again.renewed
 
     def _fail(self, message: str, attempt: int) -> str:
         tries = f" after {attempt + 1} attempts" if attempt else ""

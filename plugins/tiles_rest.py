@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
-from cacheorch.connection import with_token
+from cacheorch.connection import Reauth, with_token
 from cacheorch.fetch import RetryPolicy, TileFetchEngine
 from cacheorch.hookspecs import hookimpl
 from cacheorch.interfaces import Service, TileFetcher, TileResult, TileSource
@@ -64,9 +64,10 @@ def tile_url_maker(service: Service, connection: Connection) -> Callable[[TileKe
     return url
 
 
-def token_renewer(service: Service, connection: Connection) -> Callable[[str], str | None]:
+def token_renewer(service: Service, connection: Connection
+                  ) -> Callable[[str, bool], Reauth | None]:
     """The engine's ``reauth``: :meth:`Connection.reauthorised_url` for ``service``."""
-    return lambda url: connection.reauthorised_url(url, service.location)
+    return lambda url, renew: connection.reauthorised_url(url, service.location, renew)
 
 
 class RestTileFetcher(TileFetcher):

@@ -351,20 +351,37 @@ def test_tile_urls_follow_the_current_token(scheme) -> None:
 def test_tokens_expiring_mid_fetch_are_renewed_and_every_tile_arrives(scheme, tiles, status_498
                                                                        ) -> None:
     s = SecureSite(scheme, tiles, uses=20, status_498=status_498)
-    try:
-        conn = Connection(token_provider=provider(), timeout=5)
-        service = RestScaleSource().read(s.url, conn)
-        keys = [TileKey(*k) for k in sorted(tiles)]
-        with RestTileSource().open(service, conn, workers=6) as fetcher:
-            got = {r.key: r for r in fetcher.fetch(keys)}
-    finally:
-        s.close()
+    keys, got = fetch_every_tile(s, tiles, workers=6)
     assert all(got[k].status == "ok" and got[k].data == tiles[(k.level, k.row, k.col)]
                for k in keys)
     assert s.refused > 0  # tokens did expire mid-way
     # one renewal per expiry (plus the first token), never one per refused tile
     assert len(s.issued) <= math.ceil(len(keys) / 20) + 2 < s.refused + 1
-    assert max(s.tile_requests.values()) <= 2  # each tile re-authorised at most once
+    assert_never_resent_with_the_same_token(s)
+
+
+def fetch_every_tile(s: SecureSite, tiles: dict[tuple[int, int, int], bytes], workers: int,
+                     **conn: Any) -> tuple[list[TileKey], dict[TileKey, Any]]:
+    """Every tile of ``tiles`` from the site (closed afterwards) with renewable tokens."""
+    try:
+        connection = Connection(token_provider=provider(), timeout=5, **conn)
+        service = RestScaleSource().read(s.url, connection)
+        keys = [TileKey(*k) for k in sorted(tiles)]
+        with RestTileSource().open(service, connection, workers=workers) as fetcher:
+            return keys, {r.key: r for r in fetcher.fetch(keys)}
+    finally:
+        s.close()
+
+
+def assert_never_resent_with_the_same_token(s: SecureSite) -> None:
+    """Each tile's retries carry ever newer tokens: a tile is re-authorised at most once, and
+    besides only catches up with tokens renewed by other requests since its URL was made."""
+    order = {t: i for i, t in enumerate(s.issued)}
+    sent: dict[str, list[int]] = {}
+    for path, q, _ in s.gets:
+        if "/tile/" in path:
+            sent.setdefault(path, []).append(order[q["token"]])
+    assert sent and all(a < b for seq in sent.values() for a, b in zip(seq, seq[1:])), sent
 
 
 def test_a_server_that_rejects_every_token_fails_tiles_and_stops_asking(scheme, tiles) -> None:
@@ -380,7 +397,42 @@ def test_a_server_that_rejects_every_token_fails_tiles_and_stops_asking(scheme, 
     assert len(got) == 40 and all(r.status == "failed" and "498" in (r.error or "") for r in got)
     assert all(t not in (r.error or "") for r in got for t in s.issued)
     assert len(s.issued) <= 3
-    assert max(s.tile_requests.values()) <= 2
+    assert_never_resent_with_the_same_token(s)  # so at most one request per issued token
+
+
+class RetiringSite(SecureSite):
+    """Tokens are good for a few tiles and only until the next one is issued; the first two
+    requests of tile ``held`` are answered only once a newer token than theirs was issued."""
+
+    held = (2, 0, 0)
+
+    def _use(self, token: str | None, spend: bool) -> int | None:
+        with self.lock:
+            if token in self.issued[:-1]:
+                self.refused += spend
+                return 498
+        return super()._use(token, spend)
+
+    def get(self, h: BaseHTTPRequestHandler, path: str, query: dict[str, str]) -> None:
+        if path == f"{SERVICE}/tile/{'/'.join(map(str, self.held))}" and \
+                self.tile_requests[self.held] < 2:
+            token = query.get("token")
+            deadline = time.monotonic() + 10
+            while self.issued[-1] == token and time.monotonic() < deadline:
+                time.sleep(0.002)
+        super().get(h, path, query)
+
+
+def test_a_tile_refused_with_a_token_renewed_meanwhile_keeps_its_reauthorisation(scheme, tiles
+                                                                                 ) -> None:
+    """The held tile is refused twice for tokens other requests renewed meanwhile: catching
+    up with the current token is not its one re-authorisation, so it still arrives."""
+    s = RetiringSite(scheme, tiles, uses=20)
+    keys, got = fetch_every_tile(s, tiles, workers=4, max_renewals_per_minute=60)
+    assert got[TileKey(*RetiringSite.held)].status == "ok"
+    assert s.tile_requests[RetiringSite.held] >= 3  # refused with T0 and T1, renewed by others
+    assert len(s.issued) <= math.ceil(len(keys) / 20) + 2  # still one renewal per expiry
+    assert_never_resent_with_the_same_token(s)
 
 
 def test_credentials_refused_at_renewal_end_the_fetch(scheme, tiles) -> None:
