@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import statistics
 import time
 import zipfile
 from pathlib import Path
@@ -365,30 +364,21 @@ def test_a_job_run_from_the_cli_is_listed(api, service, tmp_path, cli) -> None:
 # -- the planner's speed -------------------------------------------------------------------------
 
 def test_a_count_update_for_a_country_at_level_18(tmp_path) -> None:
-    """The counts of a 2,000-vertex country at levels 0-18 (timed in bench/workbench_counts.py:
-    timings are measured in benchmarks, not asserted here)."""
+    """The counts of a 2,000-vertex country at levels 0-18, as the page asks for them on every
+    tick (timed in bench/workbench_counts.py: timings are measured there, not asserted here)."""
     from _tiles import mercator_service_json
     with TileServer({}, service=mercator_service_json(18)) as srv:
         server = start_workbench(tmp_path)
         try:
             api = Api(server)
             src = _open(api, srv)
-            selection = {"source": src["id"], "levels": list(range(0, 19)), "tiers": [
-                {"levels": "0-18", "area": {"kind": "geojson", "geometry": country()}}]}
-            api.ok("POST", "/api/plan", selection)  # warm up (imports, first projection)
-            planner, round_trip = [], []
-            for _ in range(5):
-                started = time.perf_counter()
-                counts = api.ok("POST", "/api/plan", selection)
-                round_trip.append((time.perf_counter() - started) * 1000)
-                planner.append(counts["planner_ms"])
+            counts = api.ok("POST", "/api/plan", {
+                "source": src["id"], "levels": list(range(0, 19)),
+                "tiers": [{"levels": "0-18", "area": {"kind": "geojson", "geometry": country()}}]})
         finally:
             server.stop()
     level18 = next(lv["tiles"] for lv in counts["levels"] if lv["level"] == 18)
-    print(f"\ncountry at levels 0-18: {counts['tiles']:,} tiles ({level18:,} at level 18); "
-          f"planner {statistics.median(planner):.0f} ms, request {statistics.median(round_trip):.0f} ms "
-          f"(median of 5)")
-    assert level18 > 10_000_000
+    assert level18 > 10_000_000 and counts["planner_ms"] >= 0
     assert counts["tiles"] == sum(lv["tiles"] for lv in counts["levels"])
 
 
