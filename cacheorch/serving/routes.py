@@ -1,4 +1,4 @@
-"""The served MapServer's ``/export`` and ``/WMTS`` paths, as handlers :mod:`cacheorch.serve` calls.
+"""The served MapServer's ``/export`` and ``/WMTS`` paths, as handlers the route table holds.
 
 A handler gets (the path after its prefix, the query string, the server's base URL) and returns
 either (status line, content type, body) or a (level, row, col) the server answers like a tile.
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
-    from cacheorch.serve import _Routes
+    from cacheorch.serving.table import RouteTable
 
 __all__ = ["add_handlers", "Answer", "Handler"]
 
@@ -22,12 +22,12 @@ _OK = b"HTTP/1.1 200 OK\r\n"
 def _error(status: int, message: str) -> tuple[bytes, bytes, bytes]:
     from http import HTTPStatus
 
-    from cacheorch.serve import _error_body
+    from cacheorch.serving.mapserver import error_body
     return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode(), b"application/json",
-            _error_body(status, message))
+            error_body(status, message))
 
 
-def add_handlers(routes: _Routes, service: dict[str, Any], tiled_levels: list[int]) -> None:
+def add_handlers(routes: RouteTable, service: dict[str, Any], tiled_levels: list[int]) -> None:
     """Register ``export`` and ``WMTS`` on ``routes.handlers``."""
     from cacheorch.serving.wmts import Wmts, WmtsError, kvp
 

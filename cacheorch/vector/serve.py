@@ -14,12 +14,13 @@ import json
 import math
 import re
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cacheorch.serving.httpd import ServerLifecycle, TrackedHandler
+from cacheorch.serving.mapserver import default_service_name
 from cacheorch.vector.reader import VectorOutput, open_vector
 from cacheorch.vector.resources import PACKAGE_GLYPHS, PACKAGE_SPRITE
 from cacheorch.vector.service import DEFAULT_TILE_TEMPLATE
@@ -104,21 +105,18 @@ map.on("error", (e) => {{ console.error(e.error && e.error.message); }});
 """.encode()
 
 
-class VectorServer:
+class VectorServer(ServerLifecycle):
     """A vector output served on ``host:port`` (0: any free port) until :meth:`stop`."""
 
     def __init__(self, path: str | Path, host: str = "127.0.0.1", port: int = 0,
                  service_name: str | None = None) -> None:
-        from cacheorch.serve import default_service_name
-
         self.path = Path(path)
         self.output = open_vector(self.path)
         self.name = service_name or default_service_name(self.path.with_suffix(".tpkx"))
         self.service = _service_json(self.output, self.name)
         style = self.output.resource("styles/root.json")
         self.style = json.loads(style) if style else _plain_style(self.output)
-        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self._httpd.daemon_threads = True
+        self._listen(host, port, _handler(self))
 
     @property
     def levels(self) -> tuple[int, int]:
@@ -128,11 +126,6 @@ class VectorServer:
         return tiled[0], tiled[-1]
 
     @property
-    def root_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
     def prefix(self) -> str:
         return f"/arcgis/rest/services/{self.name}/VectorTileServer"
 
@@ -140,25 +133,9 @@ class VectorServer:
     def url(self) -> str:
         return self.root_url + self.prefix
 
-    def start(self) -> VectorServer:
-        import threading
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                         daemon=True).start()
-        return self
-
-    def serve_forever(self) -> None:
-        self._httpd.serve_forever(poll_interval=0.2)
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+    # start, serve_forever, stop and the context manager: ServerLifecycle
+    def _release(self) -> None:
         self.output.close()
-
-    def __enter__(self) -> VectorServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- answers ----------------------------------------------------------------------------
     def answer(self, path: str, host: str) -> tuple[int, str, bytes, dict[str, str]]:
@@ -221,8 +198,8 @@ def _not_found() -> tuple[int, str, bytes, dict[str, str]]:
     return 404, "application/json", b'{"error":{"code":404,"message":"Not found"}}', {}
 
 
-def _handler(server: VectorServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(server: VectorServer) -> type[TrackedHandler]:
+    class Handler(TrackedHandler):
         protocol_version = "HTTP/1.1"
         disable_nagle_algorithm = True
 
@@ -264,10 +241,6 @@ def run_vector_server(path: str | Path, host: str, port: int, name: str | None,
              f"{server.levels[1]}) at")
         echo(f"  {server.url}")
         echo(f"Preview in a browser: {server.root_url}/")
-        echo("Press Ctrl-C to stop.")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            echo("Stopped.")
+        server.serve_until_interrupted(echo)
     finally:
         server.stop()
