@@ -206,7 +206,9 @@ def test_user_agent_and_max_rps_flags_reach_the_server(cli, tmp_path: Path) -> N
         agents = {headers.get("User-Agent") for _, _, headers in srv.log}
     assert agents == {"survey-bot/2 (ops@example.org)"}
     rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-    assert 40 <= rate <= 60, rate
+    # the cap is what is checked (without it, loopback answers hundreds a second); a loaded
+    # machine may fall below 50, never above
+    assert 15 <= rate <= 60, rate
 
 
 def test_politeness_settings_come_from_config_and_survive_resume(cli, tmp_path: Path,
