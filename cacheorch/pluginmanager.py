@@ -19,6 +19,7 @@ import pluggy
 from cacheorch import hookspecs
 from cacheorch.errors import PluginError
 from cacheorch.interfaces import AOIGenerator, Exporter, ScaleSource, SelectionPolicy, TileSource
+from cacheorch.maps.interfaces import MapReader, MapWriter
 from cacheorch.registry import Registry
 
 __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "Plugins", "get_plugins", "make_plugins",
@@ -71,6 +72,8 @@ _KINDS: dict[str, tuple[str, type]] = {
     "cacheorch_register_policies": ("policy", SelectionPolicy),
     "cacheorch_register_aoi_generators": ("area generator", AOIGenerator),
     "cacheorch_register_exporters": ("exporter", Exporter),
+    "cacheorch_register_map_readers": ("map reader", MapReader),
+    "cacheorch_register_map_writers": ("map writer", MapWriter),
 }
 
 
@@ -133,13 +136,14 @@ class Plugins:
     policies: Registry[SelectionPolicy] = field(default_factory=lambda: Registry("policy"))
     aoi_generators: Registry[AOIGenerator] = field(default_factory=lambda: Registry("area generator"))
     exporters: Registry[Exporter] = field(default_factory=lambda: Registry("exporter"))
+    map_readers: Registry[MapReader] = field(default_factory=lambda: Registry("map reader"))
+    map_writers: Registry[MapWriter] = field(default_factory=lambda: Registry("map writer"))
 
     def registries(self) -> dict[str, Registry[Any]]:
-        from cacheorch.maps.registry import map_readers, map_writers  # collected on first use
         return {"scale_sources": self.scale_sources, "tile_sources": self.tile_sources,
                 "policies": self.policies, "aoi_generators": self.aoi_generators,
-                "exporters": self.exporters, "map_readers": map_readers(self),
-                "map_writers": map_writers(self)}
+                "exporters": self.exporters, "map_readers": self.map_readers,
+                "map_writers": self.map_writers}
 
     def plugin_label(self, plugin: object) -> str:
         return self.pm.get_name(plugin) or repr(plugin)
@@ -163,6 +167,8 @@ def make_plugins(load_entrypoints: bool = True, extra: Iterable[Any] = (),
         "cacheorch_register_policies": plugins.policies,
         "cacheorch_register_aoi_generators": plugins.aoi_generators,
         "cacheorch_register_exporters": plugins.exporters,
+        "cacheorch_register_map_readers": plugins.map_readers,
+        "cacheorch_register_map_writers": plugins.map_writers,
     }
     for hook_name, registry in registries.items():
         kind, base = _KINDS[hook_name]

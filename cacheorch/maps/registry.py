@@ -1,15 +1,14 @@
 """The map readers and writers registered through the hooks, and the one way a map is read.
 
-Why not fields of :class:`~cacheorch.pluginmanager.Plugins`: only ``plan`` / ``run --map`` need
-them, so they are collected on first use from the same plugin manager (the same blocking,
-the same entry points) without every command paying for them.
+They are registries of :class:`~cacheorch.pluginmanager.Plugins` like every other kind, filled by
+``make_plugins`` with the same validation, blocking and entry points.
 """
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cacheorch.errors import MapError, PluginError
+from cacheorch.errors import MapError
 from cacheorch.maps.interfaces import MapReader, MapWriter
 from cacheorch.registry import Registry
 
@@ -20,33 +19,14 @@ if TYPE_CHECKING:
 
 __all__ = ["map_readers", "map_writers", "read_map", "readable_formats"]
 
-_HOOKS = {"cacheorch_register_map_readers": ("map reader", MapReader),
-          "cacheorch_register_map_writers": ("map writer", MapWriter)}
-
-
-def _collect(plugins: Plugins, hook_name: str) -> Registry[Any]:
-    cache: dict[str, Registry[Any]] = plugins.__dict__.setdefault("_map_registries", {})
-    if hook_name not in cache:
-        kind, base = _HOOKS[hook_name]
-        registry: Registry[Any] = Registry(kind)
-        for impl in getattr(plugins.pm.hook, hook_name).get_hookimpls():
-            for cls in impl.function() or ():
-                if not (isinstance(cls, type) and issubclass(cls, base)):
-                    raise PluginError(f"plugin {impl.plugin_name!r} returned {cls!r} from "
-                                      f"{hook_name}; expected a {base.__name__} subclass")
-                registry.add(cls, impl.plugin_name)
-        cache[hook_name] = registry
-    return cache[hook_name]
-
-
 def map_readers(plugins: Plugins) -> Registry[MapReader]:
-    """Every registered :class:`MapReader`."""
-    return _collect(plugins, "cacheorch_register_map_readers")
+    """Every registered :class:`MapReader` (collected with the other kinds by ``make_plugins``)."""
+    return plugins.map_readers
 
 
 def map_writers(plugins: Plugins) -> Registry[MapWriter]:
     """Every registered :class:`MapWriter`."""
-    return _collect(plugins, "cacheorch_register_map_writers")
+    return plugins.map_writers
 
 
 def readable_formats(plugins: Plugins) -> str:
