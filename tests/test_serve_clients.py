@@ -238,6 +238,9 @@ def test_wmts_capabilities_restful_and_kvp_agree(server) -> None:
     assert set(sets) == {"default028mm", "GoogleMapsCompatible"}
     own = [m.find("ows:Identifier", ns).text for m in sets["default028mm"].findall("w:TileMatrix", ns)]
     assert own == ["0", "1", "2", "3"]  # the levels that hold tiles, no more
+    for matrix in sets["default028mm"].findall("w:TileMatrix", ns):  # Web Mercator: 2**level each way
+        side = str(2 ** int(matrix.find("ows:Identifier", ns).text))
+        assert (matrix.find("w:MatrixWidth", ns).text, matrix.find("w:MatrixHeight", ns).text) == (side, side)
     assert [f.text for f in root.iter("{http://www.opengis.net/wmts/1.0}Format")] == ["image/png"]
     layer = root.find("w:Contents/w:Layer", ns)
     assert layer.find("ows:Identifier", ns).text == server.name
