@@ -21,7 +21,7 @@ from cacheorch.interfaces import BundleSink, ExportRequest, ExportSession, stagi
 from cacheorch.plugins._export_common import BundleGuard, SkippingSink
 from cacheorch.tiling import Envelope, LevelOfDetail, SpatialReference
 
-__all__ = ["STAGING_SUFFIX", "MARKER", "staging_path", "fsync_dir", "publish_file", "atomic_write",
+__all__ = ["STAGING_SUFFIX", "MARKER", "staging_path", "fsync_dir", "publish_file", "publish_folder", "atomic_write",
            "check_marker", "StagedBundle", "StagingSession", "export_extent", "listed_lods", "title_of"]
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,30 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def publish_folder(staging: Path, output: Path) -> None:
+    """Rename a finished staging folder to its output name, replacing what was there.
+
+    The old output is renamed aside first and put back if the rename fails, so a failed publish
+    leaves the earlier output whole; it is deleted only once the new one is in place.
+    """
+    old: Path | None = None
+    if os.path.lexists(output):
+        old = output.with_name(f"{output.name}.old-{os.getpid()}")
+        os.rename(output, old)
+    try:
+        os.rename(staging, output)
+    except OSError:
+        if old is not None:
+            os.rename(old, output)
+        raise
+    fsync_dir(output.parent)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def publish_file(source: Path, output: Path, mode: str, *, what: str = "") -> Path:

@@ -7,16 +7,13 @@ place on commit, so the output name never shows a half-written cache.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-from pathlib import Path
 
 from cacheorch import hookimpl
 from cacheorch.formats.bundle import SPEC_RECORD_COUNT
 from cacheorch.formats.confxml import conf_cdi_bytes, conf_xml_bytes
 from cacheorch.interfaces import ExportRequest, ExportSession, Exporter
 from cacheorch.plugins._staging import (
-    MARKER, StagingSession, atomic_write, export_extent, fsync_dir, listed_lods,
+    MARKER, StagingSession, atomic_write, export_extent, listed_lods, publish_folder,
 )
 from cacheorch.tiling import Envelope, TilingScheme
 
@@ -58,23 +55,7 @@ class CompactV2Session(StagingSession):
 
     def _publish(self) -> None:
         (self.staging / MARKER).unlink(missing_ok=True)
-        output = self.output
-        old: Path | None = None
-        if os.path.lexists(output):
-            old = output.with_name(f"{output.name}.old-{os.getpid()}")
-            os.rename(output, old)
-        try:
-            os.rename(self.staging, output)
-        except OSError:
-            if old is not None:
-                os.rename(old, output)
-            raise
-        fsync_dir(output.parent)
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
+        publish_folder(self.staging, self.output)
 
 
 class CompactV2Exporter(Exporter):

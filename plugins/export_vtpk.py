@@ -18,8 +18,7 @@ from cacheorch import hookimpl
 from cacheorch.errors import ExportError
 from cacheorch.formats.rootjson import wgs84_bounds
 from cacheorch.interfaces import ExportRequest, ExportSession, Exporter
-from cacheorch.plugins._staging import MARKER, atomic_write, export_extent, title_of
-from cacheorch.plugins.export_compact_v2 import CompactV2Session
+from cacheorch.plugins._staging import MARKER, atomic_write, export_extent, publish_folder, title_of
 from cacheorch.plugins.export_tpkx import TpkxSession, _zip_info, store_file, thumbnail_png
 from cacheorch.vector.package import (
     ROOT, item_pkinfo, iteminfo_xml, metadata_json, new_guid, scan_bundles, vtpk_root_json,
@@ -133,7 +132,8 @@ class VectorFolderSession(VtpkSession):
 
     def _publish(self) -> None:
         (self.staging / "resources" / _RESOURCES_DONE).unlink(missing_ok=True)
-        CompactV2Session._publish(self)  # type: ignore[arg-type] - the same rename into place
+        (self.staging / MARKER).unlink(missing_ok=True)
+        publish_folder(self.staging, self.output)
 
 
 class VtpkExporter(Exporter):

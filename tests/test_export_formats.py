@@ -503,3 +503,33 @@ def test_publish_file_never_clobbers_in_create_mode(tmp_path):
     (tmp_path / "staged").write_bytes(b"db")
     publish_file(tmp_path / "staged", fresh, "create")
     assert fresh.read_bytes() == b"db" and not (tmp_path / "staged").exists()
+
+
+def test_a_failed_folder_publish_leaves_the_earlier_output_whole(tmp_path, monkeypatch) -> None:
+    """compact-v2, exploded and vector folders are published by one rename; when it fails the
+    earlier output is put back, never lost."""
+    import os
+
+    from cacheorch.plugins._staging import publish_folder
+    output = tmp_path / "cache"
+    (output / "_alllayers").mkdir(parents=True)
+    (output / "conf.xml").write_text("old")
+    staging = tmp_path / "cache.partial"
+    staging.mkdir()
+    (staging / "conf.xml").write_text("new")
+    rename = os.rename
+
+    def refuse_the_new(src, dst):
+        if os.fspath(src) == os.fspath(staging):
+            raise OSError(28, "No space left on device")
+        return rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", refuse_the_new)
+    with pytest.raises(OSError):
+        publish_folder(staging, output)
+    monkeypatch.undo()
+    assert (output / "conf.xml").read_text() == "old" and (output / "_alllayers").is_dir()
+    assert sorted(p.name for p in tmp_path.glob("cache*")) == ["cache", "cache.partial"]
+    publish_folder(staging, output)
+    assert (output / "conf.xml").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.glob("cache*")) == ["cache"]
