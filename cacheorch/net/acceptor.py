@@ -131,15 +131,26 @@ def tile_defect(data: bytes, tile_format: str | None = None,
         PNG); a format that is not an image, or that this module does not know, is checked for
         size only.
     """
+    return _defect(data, _format_kind(tile_format), max_size)
+
+
+def _format_kind(tile_format: str | None) -> str:
+    """``vector``, ``image`` (None: an image is expected) or ``other`` (size checked only)."""
+    if tile_format is None or tile_format.upper().startswith(_IMAGE_FORMATS):
+        return "image"
+    return "vector" if tile_format.lower() in ("pbf", "mvt") else "other"
+
+
+def _defect(data: bytes, format_kind: str, max_size: int) -> TileDefect | None:
     size = len(data)
     if size > max_size:
         return TileDefect(_TOO_BIG, f"{size} bytes, more than {max_size}")
-    if tile_format is not None and tile_format.lower() in ("pbf", "mvt"):
+    if format_kind == "vector":
         return _pbf_defect(data)
     kind = image_kind(data)
     if kind is not None:
         return _structure(kind, data)
-    if tile_format is not None and not tile_format.upper().startswith(_IMAGE_FORMATS):
+    if format_kind == "other":
         return None
     if data.startswith(_PNG[4:]):
         return TileDefect(_MISSING_SIGNATURE, f"{size} bytes starting {data[:8].hex(' ')}")
@@ -153,7 +164,7 @@ class TileAcceptor:
     can receive error documents (an ArcGIS JSON error under HTTP 200) must look for them itself.
     """
 
-    __slots__ = ("tile_format", "max_size", "images_only", "expected")
+    __slots__ = ("tile_format", "max_size", "_kind", "images_only", "expected")
 
     def __init__(self, tile_format: str | None = None,
                  max_size: int = DEFAULT_MAX_TILE_SIZE) -> None:
@@ -161,10 +172,11 @@ class TileAcceptor:
             raise ValueError("the maximum tile size must be at least 1 byte")
         self.tile_format = tile_format
         self.max_size = max_size
-        self.images_only = tile_format is None or tile_format.upper().startswith(_IMAGE_FORMATS)
-        vector = tile_format is not None and tile_format.lower() in ("pbf", "mvt")
+        #: The format's kind, worked out once rather than per tile.
+        self._kind = _format_kind(tile_format)
+        self.images_only = self._kind == "image"
         #: What a tile of this service is, for "not ..." messages.
-        self.expected = "a vector tile" if vector else "an image"
+        self.expected = "a vector tile" if self._kind == "vector" else "an image"
 
     def wrong_kind(self, defect: TileDefect) -> bool:
         """Whether ``defect`` says the body is something else (an error page): not retried, as
@@ -173,4 +185,4 @@ class TileAcceptor:
 
     def defect(self, data: bytes) -> TileDefect | None:
         """None when ``data`` is a whole tile; else what is wrong with it."""
-        return tile_defect(data, self.tile_format, self.max_size)
+        return _defect(data, self._kind, self.max_size)
