@@ -81,3 +81,16 @@ def test_size_limit_applies_to_every_format() -> None:
     assert TileAcceptor().max_size == DEFAULT_MAX_TILE_SIZE == 16 * 1024 * 1024
     with pytest.raises(ValueError):
         TileAcceptor(max_size=0)
+
+
+def test_a_vector_tile_is_gzip_empty_or_a_layer_and_an_error_page_is_none_of_these() -> None:
+    layer = b"\x1a\x05\x0a\x03abc"  # Tile.layers (field 3), length 5
+    for whole in (gzip.compress(layer), b"", layer):
+        assert tile_defect(whole, "pbf") is None
+    page = b"<html><body>Service unavailable</body></html>"
+    defect = tile_defect(page, "pbf")
+    assert defect is not None and defect.kind == "not a vector tile" and "3c 68 74 6d" in defect.detail
+    acceptor = TileAcceptor("pbf")
+    assert acceptor.defect(page) == defect and acceptor.wrong_kind(defect)
+    assert acceptor.expected == "a vector tile" and not acceptor.images_only
+    assert TileAcceptor("PNG32").expected == "an image" and TileAcceptor("PNG32").images_only
