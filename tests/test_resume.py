@@ -173,3 +173,22 @@ def test_resume_refetches_done_bundles_whose_staged_file_is_gone_or_damaged(
     with open_gdal(output) as ds:  # GDAL reads the resumed package whole, level 1 included
         for key in [(1, 1, 1), (2, 3, 3), (0, 0, 0)]:
             assert tile_centre_rgba(ds, scheme, *key)[:3] == colour_of(*key)
+
+
+def test_a_staged_bundle_is_whole_only_at_the_length_its_header_gives(tmp_path: Path) -> None:
+    """Cut short or grown past its header (an append cut off before the header was rewritten):
+    either way the bundle is not done, and resume fetches it again."""
+    from cacheorch.formats.bundle import BundleWriter
+    from cacheorch.plugins._staging import _whole_bundle
+    path = tmp_path / "R0000C0000.bundle"
+    writer = BundleWriter(path, 0, 0)
+    writer.add(0, 0, b"tile bytes")
+    writer.finish()
+    assert _whole_bundle(path)
+    data = path.read_bytes()
+    path.write_bytes(data + b"\0" * 7)
+    assert not _whole_bundle(path)
+    path.write_bytes(data[:-1])
+    assert not _whole_bundle(path)
+    path.write_bytes(data[:40])  # not even a header
+    assert not _whole_bundle(path)
